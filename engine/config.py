@@ -1,0 +1,46 @@
+"""Engine configuration: one dataclass that flags, env vars and `LLM(**kwargs)` all fill."""
+import re
+from dataclasses import dataclass, fields
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+          "g": 2**30, "gb": 10**9, "gib": 2**30}
+
+
+def parse_bytes(value: int | str) -> int:
+    """`"2GiB"`, `"512MB"`, `"1g"` or a plain integer -> bytes."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read a size from {value!r} (examples: 2GiB, 512MB, 1073741824)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None                  # a Hugging Face-style directory
+    tokenizer: str | None = None              # defaults to the model directory
+    dtype: str = "auto"                       # auto: float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"                      # auto: cuda if available, else cpu
+    max_model_len: int | None = None          # defaults to the model's max_position_embeddings
+    block_size: int = 32                      # tokens per KV block
+    kv_cache_memory: int | str = "2GiB"       # memory for the KV block pool
+    num_kv_blocks: int | None = None          # overrides kv_cache_memory when set
+    max_num_seqs: int = 64                    # sequences running at once
+    max_num_batched_tokens: int = 512         # tokens per engine step (prefill chunk budget)
+    decode_threads: int | None = None         # intra-op threads for decode-only steps (None: all cores)
+    prefill_threads: int | None = None        # intra-op threads for steps that prefill
+    seed: int = 0                             # seeds the generators of requests that give no seed
+
+    def __post_init__(self):
+        if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
+        self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "EngineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown engine option(s): {', '.join(unknown)}")
+        return cls(**kwargs)

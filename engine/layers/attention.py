@@ -1,0 +1,87 @@
+"""Multi-head (GQA) attention over the paged KV cache.
+
+A step's tokens arrive flattened: `[num_tokens, hidden]`. New keys and values are written into the cache at
+`slot_mapping` (slot = block_id * block_size + offset). Prefill chunks attend per sequence; single-token decodes
+are batched into one padded call.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.layers.rotary import RotaryEmbedding
+
+
+@dataclass
+class PrefillSlice:
+    """One sequence's chunk of more than one query token."""
+    q_start: int
+    q_len: int
+    ctx_start: int                   # tokens already in the cache before this chunk
+    kv_slots: torch.Tensor | None    # cache slots of all ctx_start + q_len keys; None if ctx_start == 0
+    mask: torch.Tensor | None        # [q_len, ctx_start + q_len] bool, None for plain causal
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor       # [num_tokens]
+    prefills: list[PrefillSlice]
+    decode_rows: torch.Tensor        # [B] row of each decode token in the flattened batch
+    decode_slots: torch.Tensor       # [B, L] cache slots of each decode's keys, padded
+    decode_mask: torch.Tensor        # [B, 1, 1, L] bool
+
+
+def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
+    q_pos = torch.arange(ctx_start, ctx_start + q_len).unsqueeze(1)
+    k_pos = torch.arange(ctx_start + q_len).unsqueeze(0)
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return mask
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, rotary: RotaryEmbedding,
+                 qkv_bias: bool = False, o_bias: bool = False):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = torch.nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
+        self.k_proj = torch.nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = torch.nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=o_bias)
+        self.rotary = rotary
+        self.scale = head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
+        v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
+        k_flat.index_copy_(0, meta.slot_mapping, k)
+        v_flat.index_copy_(0, meta.slot_mapping, v)
+
+        out = torch.empty_like(q)
+        for p in meta.prefills:
+            rows = slice(p.q_start, p.q_start + p.q_len)
+            if p.kv_slots is None:
+                keys, values = k[rows], v[rows]
+            else:
+                keys, values = k_flat[p.kv_slots], v_flat[p.kv_slots]
+            out[rows] = self._attend(q[rows].unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), p.mask)[0]
+        if meta.decode_rows.numel():
+            qd = q[meta.decode_rows].unsqueeze(1)
+            out[meta.decode_rows] = self._attend(qd, k_flat[meta.decode_slots], v_flat[meta.decode_slots],
+                                                 meta.decode_mask)[:, 0]
+        return self.o_proj(out.view(n, -1))
+
+    def _attend(self, q, k, v, mask):
+        """q [B, Tq, H, D], k/v [B, Tk, Hkv, D] -> [B, Tq, H, D]."""
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        is_causal = mask is None and q.shape[2] > 1
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+                                           enable_gqa=self.heads != self.kv_heads)
+        return o.transpose(1, 2)

@@ -1,0 +1,99 @@
+"""Rotary position embeddings, including the `rope_scaling` variants of Llama 3 and YaRN."""
+import math
+
+import torch
+
+from engine.models.model_config import ModelConfig, ModelLoadError
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, rope: dict) -> torch.Tensor:
+    factor = rope["factor"]
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_len = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_inv_freq(cfg: ModelConfig, dim: int, rope: dict) -> tuple[torch.Tensor, float]:
+    base, factor = cfg.rope_theta, rope["factor"]
+    old_len = rope.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    beta_fast, beta_slow = rope.get("beta_fast") or 32, rope.get("beta_slow") or 1
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attn_factor = rope.get("attention_factor")
+    if attn_factor is None:
+        if rope.get("mscale") and rope.get("mscale_all_dim"):
+            attn_factor = mscale(factor, rope["mscale"]) / mscale(factor, rope["mscale_all_dim"])
+        else:
+            attn_factor = mscale(factor)
+
+    def correction_dim(rotations):
+        return dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rope.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
+    extrapolation_weight = 1 - ramp
+    inv_freq = (1 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1 / pos_freqs) * extrapolation_weight
+    return inv_freq, attn_factor
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the attention scaling factor for this model's RoPE."""
+    dim = cfg.head_dim
+    rope = cfg.rope_scaling or {}
+    kind = rope.get("rope_type", "default")
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    if kind == "default":
+        return inv_freq, 1.0
+    if kind == "linear":
+        return inv_freq / rope["factor"], 1.0
+    if kind == "llama3":
+        return _llama3_inv_freq(inv_freq, rope), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(cfg, dim, rope)
+    raise ModelLoadError(f"unsupported rope_scaling type {kind!r} (supported: default, linear, llama3, yarn)")
+
+
+class RotaryEmbedding(torch.nn.Module):
+    """Applies RoPE to query and key tensors shaped [tokens, heads, head_dim] (rotate-half layout).
+
+    The cos/sin tables are plain tensors computed in fp32 on the CPU (also when the model is built on the meta
+    device) and moved to the positions' device on first use; they grow when a position passes their end.
+    """
+
+    def __init__(self, cfg: ModelConfig, max_positions: int):
+        super().__init__()
+        self.inv_freq, self.attention_scaling = rope_inv_freq(cfg)
+        self._build(max_positions, torch.device("cpu"))
+
+    def _build(self, n: int, device: torch.device):
+        freqs = torch.outer(torch.arange(n, dtype=torch.float32, device="cpu"), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * self.attention_scaling).to(device)
+        self.sin = (emb.sin() * self.attention_scaling).to(device)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        max_pos = int(positions.max())
+        if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
+            self._build(max(max_pos + 1, self.cos.shape[0]), positions.device)
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return rotate(q, cos, sin), rotate(k, cos, sin)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

@@ -1,0 +1,107 @@
+"""Turns a scheduled batch into tensors, runs the model over the paged KV cache and returns logits.
+
+It makes no policy decisions: the scheduler has already chosen the sequences and their token counts.
+"""
+import logging
+
+import torch
+
+from engine.config import EngineConfig
+from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
+from engine.models.loader import load_model
+from engine.models.model_config import ModelConfig
+from engine.scheduler import ScheduledSeq
+
+log = logging.getLogger("actserve")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig):
+        self.config = config
+        self.model_config = model_config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.model = load_model(config.model, self.dtype, self.device)
+        self.block_size = config.block_size
+        self.num_blocks = config.num_kv_blocks or max(1, config.kv_cache_memory // self.bytes_per_block())
+        shape = (self.num_blocks, self.block_size, model_config.num_key_value_heads, model_config.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                           torch.zeros(shape, dtype=self.dtype, device=self.device))
+                          for _ in range(model_config.num_hidden_layers)]
+        cores = torch.get_num_threads()
+        self.decode_threads = config.decode_threads or cores
+        self.prefill_threads = config.prefill_threads or cores
+
+    def bytes_per_block(self) -> int:
+        c = self.model_config
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * c.num_hidden_layers * self.block_size * c.num_key_value_heads * c.head_dim * elem
+
+    @torch.inference_mode()
+    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """Run one step; return logits [len(completing), vocab] for the sequences that complete in it."""
+        has_prefill = any(s.num_new_tokens > 1 for s in batch)
+        torch.set_num_threads(self.prefill_threads if has_prefill else self.decode_threads)
+        input_ids, positions, meta, sample_rows = self._prepare(batch)
+        hidden = self.model(input_ids, positions, meta, self.kv_caches)
+        return self.model.compute_logits(hidden[sample_rows])
+
+    def _prepare(self, batch: list[ScheduledSeq]):
+        bs, dev = self.block_size, self.device
+        window = self.model_config.sliding_window
+        ids, positions, slots, sample_rows, prefills = [], [], [], [], []
+        decode_rows, decode_slots, decode_lens = [], [], []
+        for item in batch:
+            seq, n = item.seq, item.num_new_tokens
+            start, row = seq.num_computed_tokens, len(ids)
+            ids.extend(seq.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            all_slots = self._slots(seq.block_table, start + n)
+            slots.append(all_slots[start:])
+            if item.completes:
+                sample_rows.append(row + n - 1)
+            if n == 1:
+                decode_rows.append(row)
+                decode_slots.append(all_slots)
+                decode_lens.append(start + 1)
+                continue
+            plain_causal = start == 0 and (window is None or window >= n)
+            prefills.append(PrefillSlice(
+                q_start=row, q_len=n, ctx_start=start,
+                kv_slots=None if start == 0 else all_slots.to(dev),
+                mask=None if plain_causal else causal_mask(start, n, window).to(dev)))
+        meta = AttentionMetadata(
+            slot_mapping=torch.cat(slots).to(dev), prefills=prefills,
+            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
+            **self._decode_tensors(decode_slots, decode_lens, window))
+        return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
+                meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
+
+    def _slots(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
+        blocks = torch.tensor(block_table, dtype=torch.long)
+        return (blocks[:, None] * self.block_size + torch.arange(self.block_size)).flatten()[:num_tokens]
+
+    def _decode_tensors(self, slots: list[torch.Tensor], lens: list[int], window: int | None) -> dict:
+        longest = max(lens, default=0)
+        padded = torch.zeros(len(lens), longest, dtype=torch.long)
+        for i, s in enumerate(slots):
+            padded[i, :len(s)] = s
+        k_pos = torch.arange(longest)[None, :]
+        length = torch.tensor(lens, dtype=torch.long)[:, None]
+        mask = k_pos < length
+        if window is not None:
+            mask &= k_pos > length - 1 - window
+        return {"decode_slots": padded.to(self.device), "decode_mask": mask[:, None, None, :].to(self.device)}

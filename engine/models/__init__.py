@@ -1,0 +1,1 @@
+"""Decoder implementations and the loader that builds them from a checkpoint directory."""
