@@ -12,8 +12,10 @@ from engine.sampling_params import SamplingParams
 class LLM:
     """`LLM(model_dir, **engine_options).generate(prompts, params)` (vLLM's offline API)."""
 
-    def __init__(self, model: str | None = None, **kwargs):
-        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
+    def __init__(self, model: str | None = None, config: EngineConfig | None = None, **kwargs):
+        if config is not None and (model is not None or kwargs):
+            raise TypeError("pass either an EngineConfig or model and keyword options, not both")
+        self.engine = LLMEngine(config or EngineConfig.from_kwargs(model=model, **kwargs))
         self._ids = itertools.count()
 
     def get_tokenizer(self):

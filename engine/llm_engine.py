@@ -1,6 +1,7 @@
 """The synchronous engine: requests in, one `step()` at a time, outputs out."""
 import logging
 import time
+from dataclasses import replace
 
 import torch
 
@@ -73,6 +74,13 @@ class LLMEngine:
         """Validate and queue a request; raise `SamplingParamsError` (naming the parameter) if it cannot run."""
         if request_id in self.requests:
             raise SamplingParamsError("request_id", f"request id {request_id!r} is already in use")
+        request = self.make_request(request_id, prompt, params, arrival_time)
+        self.enqueue(request)
+        return request
+
+    def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                     arrival_time: float | None = None) -> Request:
+        """Tokenize and validate without touching the queues (safe to call from another thread)."""
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenize(prompt) if text is not None else list(prompt)
         if not ids:
@@ -82,21 +90,24 @@ class LLMEngine:
         params.validate(self.vocab_size)
         room = self.max_model_len - len(ids)
         if params.max_tokens is None:
-            params = _replace(params, max_tokens=max(room, 0))
+            params = replace(params, max_tokens=max(room, 0))
         if len(ids) + params.max_tokens > self.max_model_len or room <= 0:
             raise ContextLengthError("input_tokens",
                                      context_length_message(self.max_model_len, params.max_tokens, len(ids)))
-        request = Request(request_id, text, ids, params, arrival_time)
+        return Request(request_id, text, ids, params, arrival_time)
+
+    def enqueue(self, request: Request):
+        """Create the request's sequences and hand them to the scheduler."""
+        params = request.params
         for index in range(params.n):
             seed = params.seed + index if params.seed is not None else \
                 int(torch.randint(0, 2**62, (1,), generator=self._seed_source))
-            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+            detok = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, params.skip_special_tokens)
             seq = Sequence(self._next_seq_id, request, index, torch.Generator().manual_seed(seed), detok)
             self._next_seq_id += 1
             request.seqs.append(seq)
             self.scheduler.add(seq)
-        self.requests[request_id] = request
-        return request
+        self.requests[request.request_id] = request
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now: its blocks return to the pool and its sequences finish with "abort"."""
@@ -146,8 +157,3 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
             outputs.append(request.to_output())
         return outputs
-
-
-def _replace(params: SamplingParams, **changes) -> SamplingParams:
-    from dataclasses import replace
-    return replace(params, **changes)

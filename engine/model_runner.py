@@ -51,13 +51,16 @@ class ModelRunner:
         return 2 * c.num_hidden_layers * self.block_size * c.num_key_value_heads * c.head_dim * elem
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
-        """Run one step; return logits [len(completing), vocab] for the sequences that complete in it."""
+    def execute(self, batch: list[ScheduledSeq], all_rows: bool = False) -> torch.Tensor:
+        """Run one step; return logits [len(completing), vocab] for the sequences that complete in it.
+
+        With `all_rows`, return logits for every token of the step instead (prompt logprobs, tests).
+        """
         has_prefill = any(s.num_new_tokens > 1 for s in batch)
         torch.set_num_threads(self.prefill_threads if has_prefill else self.decode_threads)
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         hidden = self.model(input_ids, positions, meta, self.kv_caches)
-        return self.model.compute_logits(hidden[sample_rows])
+        return self.model.compute_logits(hidden if all_rows else hidden[sample_rows])
 
     def _prepare(self, batch: list[ScheduledSeq]):
         bs, dev = self.block_size, self.device

@@ -69,7 +69,7 @@ class Sequence:
         return CompletionOutput(
             index=self.index, text=self.visible_text(), token_ids=self.output_token_ids,
             cumulative_logprob=self.cumulative_logprob if self.logprobs is not None else None,
-            logprobs=self.logprobs, finish_reason=self.finish_reason, stop_reason=self.stop_reason)
+            logprobs=None if self.logprobs is None else list(self.logprobs), finish_reason=self.finish_reason, stop_reason=self.stop_reason)
 
 
 class Request:

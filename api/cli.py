@@ -1,0 +1,48 @@
+"""The `actserve` command: `generate` (one completion) and the other subcommands."""
+import argparse
+import logging
+import sys
+
+from engine.cli_options import add_engine_arguments, engine_config_from_args
+from engine.models.model_config import ModelLoadError
+from engine.sampling_params import SamplingParams, SamplingParamsError
+
+
+def cmd_generate(args) -> int:
+    from engine.llm import LLM
+    llm = LLM(config=engine_config_from_args(args))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.sampling_seed, stop=args.stop or [])
+    out = llm.generate(args.prompt, params)[0].outputs[0]
+    print(out.text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="actserve", description="A long-context LLM serving engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="print one completion of a prompt")
+    add_engine_arguments(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--stop", action="append")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelLoadError, SamplingParamsError, ValueError) as exc:
+        print(f"actserve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Command-line flags for every `EngineConfig` field, each also readable from an `ACTSERVE_*` env var."""
+import argparse
+import os
+import typing
+from dataclasses import MISSING, fields
+
+from engine.config import EngineConfig
+
+_HELP = {
+    "model": "model directory (Hugging Face layout); default: the bundled demo model",
+    "tokenizer": "tokenizer directory (default: the model directory)",
+    "dtype": "auto | float32 | bfloat16 | float16",
+    "device": "auto | cpu | cuda",
+    "max_model_len": "context length served (default: the model's max_position_embeddings)",
+    "block_size": "tokens per KV cache block",
+    "kv_cache_memory": "memory for the KV cache, e.g. 2GiB",
+    "num_kv_blocks": "number of KV blocks (overrides --kv-cache-memory)",
+    "max_num_seqs": "sequences running at once",
+    "max_num_batched_tokens": "tokens per engine step; longer prompts are prefilled in chunks",
+    "decode_threads": "intra-op threads for decode-only steps (default: all cores)",
+    "prefill_threads": "intra-op threads for steps that prefill (default: all cores)",
+    "seed": "seed for requests that give none",
+}
+
+
+def _type_of(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return str if str in args else args[0]
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, env: dict | None = None):
+    """Add `--flag` for each engine option; an `ACTSERVE_FLAG` variable in `env` supplies its default."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(EngineConfig)
+    for f in fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = env.get("ACTSERVE_" + f.name.upper(), None if f.default is MISSING else f.default)
+        parser.add_argument(flag, dest=f.name, type=_type_of(hints[f.name]), default=default,
+                            help=f"{_HELP.get(f.name, '')} [env ACTSERVE_{f.name.upper()}]")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in fields(EngineConfig)})

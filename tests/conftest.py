@@ -1,0 +1,35 @@
+import pytest
+
+from engine.models.random_checkpoint import make_random_checkpoint
+
+ARCHS = {
+    "llama": dict(arch="llama"),
+    "mistral": dict(arch="mistral", sliding_window=4096),
+    "qwen2": dict(arch="qwen2", tie_word_embeddings=True),
+    "llama3-rope": dict(arch="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+                        rope_theta=500000.0),
+    "linear-rope": dict(arch="llama", rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "yarn-rope": dict(arch="qwen2", rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                  "original_max_position_embeddings": 256}),
+    "mistral-window": dict(arch="mistral", sliding_window=16),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(name) -> directory of a tiny random-weight model of that variant (built once per session)."""
+    made = {}
+
+    def get(name: str = "llama") -> str:
+        if name not in made:
+            made[name] = make_random_checkpoint(str(tmp_path_factory.mktemp(name)), **ARCHS[name])
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(checkpoint):
+    """A shared engine over the tiny Llama (tests must leave it idle)."""
+    from engine import LLM
+    return LLM(checkpoint("llama"), max_model_len=512, num_kv_blocks=64, block_size=16)
