@@ -107,4 +107,5 @@ class ModelRunner:
         mask = k_pos < length
         if window is not None:
             mask &= k_pos > length - 1 - window
-        return {"decode_slots": padded.to(self.device), "decode_mask": mask[:, None, None, :].to(self.device)}
+        mask = None if bool(mask.all()) else mask[:, None, None, :].to(self.device)
+        return {"decode_slots": padded.to(self.device), "decode_mask": mask}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.layers.rotary import RotaryEmbedding
+from engine.layers.rotary import apply_rotary
 
 
 @dataclass
@@ -28,7 +28,7 @@ class AttentionMetadata:
     prefills: list[PrefillSlice]
     decode_rows: torch.Tensor        # [B] row of each decode token in the flattened batch
     decode_slots: torch.Tensor       # [B, L] cache slots of each decode's keys, padded
-    decode_mask: torch.Tensor        # [B, 1, 1, L] bool
+    decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool; None when no key is padding or out of the window
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -41,24 +41,23 @@ def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch
 
 
 class Attention(torch.nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, rotary: RotaryEmbedding,
-                 qkv_bias: bool = False, o_bias: bool = False):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool = False,
+                 o_bias: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = torch.nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
         self.k_proj = torch.nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = torch.nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=o_bias)
-        self.rotary = rotary
         self.scale = head_dim ** -0.5
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.heads, self.head_dim)
         k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
         k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
         v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
         k_flat.index_copy_(0, meta.slot_mapping, k)

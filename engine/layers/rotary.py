@@ -67,7 +67,7 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to query and key tensors shaped [tokens, heads, head_dim] (rotate-half layout).
+    """RoPE angle tables, looked up per step by position.
 
     The cos/sin tables are plain tensors computed in fp32 on the CPU (also when the model is built on the meta
     device) and moved to the positions' device on first use; they grow when a position passes their end.
@@ -84,16 +84,17 @@ class RotaryEmbedding(torch.nn.Module):
         self.cos = (emb.cos() * self.attention_scaling).to(device)
         self.sin = (emb.sin() * self.attention_scaling).to(device)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin tables for `positions`, shaped [tokens, 1, head_dim]; computed once per step."""
         max_pos = int(positions.max())
         if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
             self._build(max(max_pos + 1, self.cos.shape[0]), positions.device)
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return rotate(q, cos, sin), rotate(k, cos, sin)
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate query or key vectors [tokens, heads, head_dim] by their positions' angles (rotate-half layout)."""
+    cos, sin = cos_sin
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)

@@ -9,18 +9,18 @@ from engine.models.model_config import ModelConfig
 
 
 class DecoderLayer(torch.nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         qwen2 = cfg.architecture == "Qwen2ForCausalLM"
         self.self_attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                   rotary, qkv_bias=cfg.attention_bias or qwen2,
+                                   qkv_bias=cfg.attention_bias or qwen2,
                                    o_bias=cfg.attention_bias and not qwen2)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, positions, meta, kv_cache):
-        x = x + self.self_attn(self.input_layernorm(x), positions, meta, kv_cache)
+    def forward(self, x, cos_sin, meta, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos_sin, meta, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -28,14 +28,15 @@ class LlamaModel(torch.nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        rotary = RotaryEmbedding(cfg, cfg.max_position_embeddings)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, rotary) for _ in range(cfg.num_hidden_layers))
+        self.rotary_emb = RotaryEmbedding(cfg, cfg.max_position_embeddings)
+        self.layers = torch.nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids, positions, meta, kv_caches):
         x = self.embed_tokens(input_ids)
+        cos_sin = self.rotary_emb(positions)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, meta, kv_cache)
+            x = layer(x, cos_sin, meta, kv_cache)
         return self.norm(x)
 
 
