@@ -106,10 +106,10 @@ def table(results: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="tiny,tinyllama")
-    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--concurrent-tokens", type=int, default=16)
+    parser.add_argument("--concurrent-tokens", type=int, default=64)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     shapes = args.shapes.split(",")

@@ -51,8 +51,12 @@ class Attention(torch.nn.Module):
         self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=o_bias)
         self.scale = head_dim ** -0.5
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
-                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata | None,
+                kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """x [tokens, hidden] over the paged cache; with `meta` None, x [batch, T, hidden] with plain causal
+        attention and no cache (training and reference)."""
+        if meta is None:
+            return self._dense_causal(x, cos_sin)
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.heads, self.head_dim)
         k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
@@ -76,6 +80,13 @@ class Attention(torch.nn.Module):
             out[meta.decode_rows] = self._attend(qd, k_flat[meta.decode_slots], v_flat[meta.decode_slots],
                                                  meta.decode_mask)[:, 0]
         return self.o_proj(out.view(n, -1))
+
+    def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = apply_rotary(self.q_proj(x).view(b, t, self.heads, self.head_dim), cos_sin)
+        k = apply_rotary(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim), cos_sin)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        return self.o_proj(self._attend(q, k, v, None).reshape(b, t, -1))
 
     def _attend(self, q, k, v, mask):
         """q [B, Tq, H, D], k/v [B, Tk, Hkv, D] -> [B, Tq, H, D]."""

@@ -48,11 +48,19 @@ class LlamaForCausalLM(torch.nn.Module):
         self.config = cfg
         self.model = LlamaModel(cfg)
         self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states `[num_tokens, hidden]` for a flattened step."""
         return self.model(input_ids, positions, meta, kv_caches)
+
+    def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, T, vocab] with plain causal attention and no cache (training and reference path)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = self.model(input_ids, positions, None, [None] * len(self.model.layers))
+        return self.lm_head(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -7,12 +7,14 @@ from safetensors import safe_open
 
 from engine.layers.mlp import ACTIVATIONS
 from engine.models.llama import LlamaForCausalLM
+from engine.models.memory_llama import MemoryLlamaForCausalLM
 from engine.models.model_config import ModelConfig, ModelLoadError
 
 MODEL_CLASSES = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
+    "MemoryLlamaForCausalLM": MemoryLlamaForCausalLM,
 }
 
 
@@ -24,10 +26,9 @@ def load_model(model_dir: str, dtype: torch.dtype, device: torch.device) -> torc
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.architecture](cfg)
     weights = read_safetensors(model_dir)
-    expected = dict(model.named_parameters())
+    expected = model.state_dict(keep_vars=True)  # tied weights appear under both names
     if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
-        if "lm_head.weight" in expected and "lm_head.weight" not in weights:
-            weights["lm_head.weight"] = weights.get("model.embed_tokens.weight")
+        weights.setdefault("lm_head.weight", weights.get("model.embed_tokens.weight"))
     missing = sorted(k for k in expected if weights.get(k) is None)
     unexpected = sorted(k for k in weights if k not in expected and not k.endswith("rotary_emb.inv_freq"))
     if missing or unexpected:

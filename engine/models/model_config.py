@@ -8,7 +8,7 @@ class ModelLoadError(Exception):
     """A model directory that cannot be served: missing, unsupported, or inconsistent."""
 
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MemoryLlamaForCausalLM")
 
 
 @dataclass

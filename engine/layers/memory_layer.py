@@ -1,0 +1,123 @@
+"""UltraMemV2-style memory layer: product keys with a Tucker core, top-m value rows, PEER-style gating.
+
+Per token x (the same normed input the FFN sees), for each memory head:
+  row/column queries  q_r, q_c = LN_q(W_q x)                      (each of width k)
+  sub-key scores      S_r = q_r · LN_k(K_r) ∈ R^{n×r},  S_c likewise
+  pre-selection       I_r = top-m(S_r u),  I_c = top-m(S_c t)     ((u, t): rank-1 approximation of Σ_c C_c)
+  grid scores         G_c = S_r[I_r] C_c S_c[I_c]^T  (m×m, one per core c)
+  selection           top-m of Σ_c G_c over the m×m grid -> value rows idx, scores s_c = G_c[sel]
+  gate                g = <W_pre x, PV[idx]>
+  output              W_o Σ_idx [s_1 g V[idx][:v/2] ; s_2 g V[idx][v/2:]]
+There is no softmax. Decode reads only the H·m selected rows of V and PV (embedding / embedding_bag).
+Value tables may be shared across layers: a layer reads row (idx + offset) mod table_rows.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class MemoryConfig:
+    heads: int = 1
+    num_keys: int = 32          # n sub-keys per side: n² addressable value rows per layer
+    key_dim: int = 64           # k
+    value_dim: int = 64         # v (split into two halves, one per Tucker core)
+    pre_value_dim: int = 64     # p
+    topk: int = 8               # m
+    tucker_rank: int = 2        # r
+    num_cores: int = 2          # C (the value is split into C parts)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MemoryConfig":
+        keys = {"heads", "num_keys", "key_dim", "value_dim", "pre_value_dim", "topk", "tucker_rank", "num_cores"}
+        return cls(**{k: raw[f"memory_{k}"] for k in keys if f"memory_{k}" in raw})
+
+
+class ValueTables(torch.nn.Module):
+    """The value rows V [rows, v] and pre-value rows PV [rows, p]; one instance may serve several layers."""
+
+    def __init__(self, rows: int, value_dim: int, pre_value_dim: int):
+        super().__init__()
+        self.values = torch.nn.Parameter(torch.randn(rows, value_dim) * 0.02)
+        self.pre_values = torch.nn.Parameter(torch.randn(rows, pre_value_dim) * 0.02)
+
+
+class MemoryLayer(torch.nn.Module):
+    def __init__(self, hidden: int, cfg: MemoryConfig, tables: ValueTables | None = None, row_offset: int = 0):
+        super().__init__()
+        assert cfg.value_dim % cfg.num_cores == 0, "value_dim must split evenly across the cores"
+        self.cfg = cfg
+        n, k, r, h = cfg.num_keys, cfg.key_dim, cfg.tucker_rank, cfg.heads
+        self.query_proj = torch.nn.Linear(hidden, h * 2 * k, bias=False)
+        self.query_norm = torch.nn.LayerNorm(k)
+        self.keys = torch.nn.Parameter(torch.randn(h, 2, n, k, r) / k ** 0.5)
+        self.key_norm = torch.nn.LayerNorm(k)
+        self.tucker_core = torch.nn.Parameter(torch.rand(cfg.num_cores, r, r))
+        self.pre_proj = torch.nn.Linear(hidden, cfg.pre_value_dim, bias=False)
+        self.out_proj = torch.nn.Linear(cfg.value_dim, hidden, bias=False)
+        if tables is None:
+            self.tables = ValueTables(n * n, cfg.value_dim, cfg.pre_value_dim)
+        else:  # shared: the owner (the model) registers it, so its parameters have one name
+            self.__dict__["tables"] = tables
+        self.row_offset = row_offset
+        self.rows_read = 0  # value rows gathered by the decode path since creation (a counter for metrics/tests)
+        with torch.no_grad():
+            for norm in (self.query_norm, self.key_norm):
+                norm.weight.fill_(1.0 / k ** 0.4)
+            torch.nn.init.normal_(self.query_proj.weight, std=1.0 / k ** 0.5)
+            torch.nn.init.normal_(self.pre_proj.weight, std=1.0 / hidden ** 0.5)
+            torch.nn.init.normal_(self.out_proj.weight, std=1.0 / cfg.value_dim ** 0.5)
+
+    def select(self, x: torch.Tensor):
+        """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, C, m]."""
+        cfg = self.cfg
+        T, n, m = x.shape[0], cfg.num_keys, cfg.topk
+        q = self.query_norm(self.query_proj(x).view(T, cfg.heads, 2, cfg.key_dim))
+        keys = self.key_norm(self.keys.transpose(-1, -2))                       # [H, 2, n, r, k]
+        scores = torch.einsum("thsk,hsnrk->thsnr", q, keys)                      # [T, H, 2, n, r]
+        with torch.no_grad():
+            u_mat, _, vh = torch.linalg.svd(self.tucker_core.sum(0))
+            sign = torch.where(u_mat[:, 0].sum() >= 0, 1.0, -1.0)  # SVD's sign is arbitrary; keep u positive
+            u, t = sign * u_mat[:, 0], sign * vh[0]
+        row, col = scores[:, :, 0], scores[:, :, 1]                              # [T, H, n, r]
+        row_idx = (row @ u).topk(m, dim=-1).indices                              # [T, H, m]
+        col_idx = (col @ t).topk(m, dim=-1).indices
+        row_sel = row.gather(2, row_idx[..., None].expand(-1, -1, -1, row.shape[-1]))   # [T, H, m, r]
+        col_sel = col.gather(2, col_idx[..., None].expand(-1, -1, -1, col.shape[-1]))
+        grid = torch.einsum("thar,crs,thbs->thcab", row_sel, self.tucker_core, col_sel)  # [T, H, C, m, m]
+        flat = grid.flatten(-2)                                                  # [T, H, C, m*m]
+        sel = flat.sum(2).topk(m, dim=-1).indices                                # [T, H, m]
+        chosen_scores = flat.gather(3, sel[:, :, None, :].expand(-1, -1, cfg.num_cores, -1))  # [T, H, C, m]
+        idx = row_idx.gather(2, sel // m) * n + col_idx.gather(2, sel % m)
+        rows = self.tables.values.shape[0]
+        return (idx + self.row_offset) % rows, chosen_scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training path (autograd through gathered rows). x [T, D] -> [T, D]."""
+        cfg = self.cfg
+        idx, scores = self.select(x)
+        values, pre_values = self.tables.values, self.tables.pre_values
+        gate = torch.einsum("tp,thmp->thm", self.pre_proj(x), pre_values[idx])       # [T, H, m]
+        parts = values[idx].view(*idx.shape, cfg.num_cores, -1)                      # [T, H, m, C, v/C]
+        weights = scores.transpose(2, 3) * gate[..., None]                          # [T, H, m, C]
+        out = (parts * weights[..., None]).sum(dim=(1, 2)).flatten(1)               # [T, v]
+        return self.out_proj(out)
+
+    @torch.no_grad()
+    def forward_decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference path: reads only the selected rows (embedding / embedding_bag). Same result as `forward`."""
+        cfg = self.cfg
+        T = x.shape[0]
+        idx, scores = self.select(x)
+        values, pre_values = self.tables.values, self.tables.pre_values
+        gate = torch.einsum("tp,thmp->thm", self.pre_proj(x), F.embedding(idx, pre_values))
+        # V viewed as [rows*C, v/C]: row i's part c is row i*C + c, so each part is one contiguous row
+        parts = values.view(-1, cfg.value_dim // cfg.num_cores)
+        part_idx = idx[..., None] * cfg.num_cores + torch.arange(cfg.num_cores, device=x.device)   # [T, H, m, C]
+        weights = scores.transpose(2, 3) * gate[..., None]                                          # [T, H, m, C]
+        bags_idx = part_idx.permute(0, 3, 1, 2).reshape(T * cfg.num_cores, -1)
+        bags_w = weights.permute(0, 3, 1, 2).reshape(T * cfg.num_cores, -1)
+        out = F.embedding_bag(bags_idx, parts, per_sample_weights=bags_w, mode="sum")              # [T*C, v/C]
+        self.rows_read += idx.numel()
+        return self.out_proj(out.view(T, cfg.value_dim))
