@@ -1,8 +1,9 @@
-"""The `actserve` command: `generate` (one completion) and the other subcommands."""
+"""The `actserve` command: `generate` (one completion) and `serve` (the HTTP server)."""
 import argparse
 import logging
 import sys
 
+from api.serve import add_server_arguments, cmd_serve
 from engine.cli_options import add_engine_arguments, engine_config_from_args
 from engine.models.model_config import ModelLoadError
 from engine.sampling_params import SamplingParams, SamplingParamsError
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampling-seed", type=int, default=None)
     gen.add_argument("--stop", action="append")
     gen.set_defaults(func=cmd_generate)
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    add_server_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""Logprobs in the two OpenAI shapes: legacy completions (`tokens`/`token_logprobs`/...) and chat (`content`)."""
+from engine.outputs import Logprob
+
+LOGPROB_FLOOR = -9999.0   # -inf is not valid JSON
+
+
+def clamp(value: float) -> float:
+    return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR
+
+
+def _top(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    return sorted(entry.items(), key=lambda kv: kv[1].rank)[:k]
+
+
+def _text(token_id: int, lp: Logprob) -> str:
+    return lp.decoded_token if lp.decoded_token is not None else f"<{token_id}>"
+
+
+def completion_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: int,
+                        text_offset: int = 0) -> dict:
+    """Legacy shape for generated tokens; `text_offset` counts from the start of the returned text."""
+    out = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
+    for token_id, entry in zip(token_ids, entries):
+        chosen = entry[token_id]
+        text = _text(token_id, chosen)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(clamp(chosen.logprob))
+        out["text_offset"].append(text_offset)
+        text_offset += len(text)
+        top = {}
+        for tid, lp in _top(entry, k):
+            top.setdefault(_text(tid, lp), clamp(lp.logprob))
+        out["top_logprobs"].append(top if k else None)
+    return out
+
+
+def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> dict:
+    def item(tid: int, lp: Logprob) -> dict:
+        text = _text(tid, lp)
+        return {"token": text, "logprob": clamp(lp.logprob), "bytes": list(text.encode("utf-8"))}
+    return {"content": [{**item(t, e[t]), "top_logprobs": [item(tid, lp) for tid, lp in _top(e, k)]}
+                        for t, e in zip(token_ids, entries)]}

@@ -1,0 +1,111 @@
+"""Prometheus metrics with vLLM's names (prefix `actserve:`) and bucket lists, fed by an `AsyncLLM` step listener.
+
+One `EngineMetrics` per server, on its own `CollectorRegistry`. Every series is labelled `model_name`. Counts are
+per request, not per sequence: a request with `n > 1` counts once in `request_success_total` and its prompt once
+in `prompt_tokens_total`; every generated token of every sequence counts in `generation_tokens_total`.
+"""
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0, 160.0, 640.0, 2560.0]
+ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+               80.0]
+REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                           240.0, 480.0, 960.0, 1920.0, 7680.0]
+ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+
+
+class _RequestState:
+    __slots__ = ("prompt_counted", "tokens", "last_time")
+
+    def __init__(self, n: int):
+        self.prompt_counted = False
+        self.tokens = [0] * n
+        self.last_time = [0.0] * n
+
+
+class EngineMetrics:
+    """Pass `metrics.on_step` to `AsyncLLM(step_listeners=[...])`; expose `registry` at `/metrics`."""
+
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        labels = ["model_name"]
+
+        def gauge(name, doc):
+            return Gauge(f"actserve:{name}", doc, labels, registry=self.registry).labels(model_name)
+
+        def counter(name, doc):
+            return Counter(f"actserve:{name}", doc, labels, registry=self.registry).labels(model_name)
+
+        def histogram(name, doc, buckets):
+            return Histogram(f"actserve:{name}", doc, labels, buckets=buckets,
+                             registry=self.registry).labels(model_name)
+
+        self.running = gauge("num_requests_running", "Requests in the running batch.")
+        self.waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled.")
+        self.kv_usage = gauge("kv_cache_usage_perc", "Fraction of the KV block pool in use (0-1).")
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens prefilled.")
+        self.generation_tokens = counter("generation_tokens", "Tokens generated.")
+        self.preemptions = counter("num_preemptions", "Sequences preempted (recomputed later).")
+        self._success = Counter("actserve:request_success", "Finished requests by finish reason.",
+                                ["model_name", "finished_reason"], registry=self.registry)
+        self.model_name = model_name
+        for reason in ("stop", "length", "abort"):
+            self._success.labels(model_name, reason)
+        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between consecutive tokens of a sequence.",
+                             ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS)
+        self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.",
+                                    REQUEST_LATENCY_BUCKETS)
+        self.iteration_tokens = histogram("iteration_tokens_total", "Tokens processed per engine step.",
+                                          ITERATION_TOKEN_BUCKETS)
+        self._requests: dict[str, _RequestState] = {}
+        self._preemptions_seen = 0
+
+    def on_step(self, engine, outputs, step_seconds):
+        """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
+        now = time.monotonic()
+        scheduler = engine.scheduler
+        if step_seconds is not None and engine.last_step_tokens:
+            self.iteration_tokens.observe(engine.last_step_tokens)
+        for out in outputs:
+            self._on_output(out, now)
+        self.running.set(len({s.request.request_id for s in scheduler.running}))
+        self.waiting.set(len({s.request.request_id for s in scheduler.waiting}))
+        self.kv_usage.set(engine.block_manager.usage)
+        if scheduler.num_preemptions > self._preemptions_seen:
+            self.preemptions.inc(scheduler.num_preemptions - self._preemptions_seen)
+            self._preemptions_seen = scheduler.num_preemptions
+
+    def _on_output(self, out, now: float):
+        state = self._requests.get(out.request_id)
+        if state is None:
+            state = self._requests[out.request_id] = _RequestState(len(out.outputs))
+        m = out.metrics
+        arrival = m.get("arrival_time") or now
+        for comp in out.outputs:
+            i = comp.index
+            new = len(comp.token_ids) - state.tokens[i]
+            if new <= 0:
+                continue
+            if not state.prompt_counted:
+                state.prompt_counted = True
+                self.prompt_tokens.inc(len(out.prompt_token_ids))
+                self.ttft.observe(max(0.0, (m.get("first_token_time") or now) - arrival))
+            if state.tokens[i]:
+                for _ in range(new):
+                    self.itl.observe(max(0.0, (now - state.last_time[i]) / new))
+            self.generation_tokens.inc(new)
+            state.tokens[i] += new
+            state.last_time[i] = now
+        if out.finished:
+            del self._requests[out.request_id]
+            reasons = {c.finish_reason for c in out.outputs}
+            reason = next((r for r in ("abort", "length", "stop") if r in reasons), "stop")
+            self._success.labels(self.model_name, reason).inc()
+            self.e2e.observe(max(0.0, (m.get("finished_time") or now) - arrival))
+            if m.get("scheduled_time") is not None:
+                self.queue_time.observe(max(0.0, m["scheduled_time"] - arrival))
