@@ -1,0 +1,172 @@
+"""Synthetic long-context tasks: generators and scorers, sized in tokens of the model's tokenizer.
+
+Formats follow InfiniteBench (passkey, kv_retrieval) and RULER (niah_multikey_2 in its single-answer form,
+variable tracking, common-words extraction). Every generator takes a `random.Random`, a target context length in
+tokens, a needle depth in [0, 1] and `count_tokens(text) -> int`, and returns a `TaskSample` whose prompt ends
+where the model's answer begins.
+"""
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Callable
+
+from engine.demo.words import ADJECTIVES, NOUNS, VERBS
+
+CountTokens = Callable[[str], int]
+
+PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+                "I will quiz you about the important information there.\n")
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+MULTIKEY_TASK = ("A special magic number is hidden within the following text. Make sure to memorize it. "
+                 "I will quiz you about the number afterwards.\n")
+
+
+@dataclass
+class TaskSample:
+    task: str
+    prompt: str
+    answer: str                          # the reference completion (what training teaches)
+    references: list[str] = field(default_factory=list)   # what the scorer looks for
+    depth: float = 0.0
+    context_len: int = 0
+    max_tokens: int = 16
+
+
+def _fill(units: list[str], budget: int, count_tokens: CountTokens) -> int:
+    """How many of `units` (cycled) fit in `budget` tokens."""
+    per_unit = max(1, count_tokens("".join(units[:8])) / min(8, len(units)))
+    return max(0, int(budget / per_unit))
+
+
+def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+    key = str(rng.randint(10000, 99999))
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key.\n"
+    question = "What is the pass key? The pass key is"
+    fixed = count_tokens(PASSKEY_TASK + needle + question)
+    n = _fill([NOISE], length - fixed, count_tokens)
+    before = round(n * depth)
+    prompt = PASSKEY_TASK + NOISE * before + needle + NOISE * (n - before) + question
+    return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8)
+
+
+def _word_key(rng: random.Random) -> str:
+    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+
+
+def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+    """RULER niah_multikey_2, one query: the haystack is made of needles with other keys."""
+    query = _word_key(rng)
+    question = (f"\nWhat is the special magic number for {query} mentioned in the provided text? "
+                f"The special magic number for {query} mentioned in the provided text is")
+    value = str(rng.randint(10**6, 10**7 - 1))
+    target = f"One of the special magic numbers for {query} is: {value}.\n"
+    budget = length - count_tokens(MULTIKEY_TASK + target + question)
+    keys, needles, used = {query}, [], 0
+    while True:
+        key = _word_key(rng)
+        if key in keys:
+            continue
+        needle = f"One of the special magic numbers for {key} is: {rng.randint(10**6, 10**7 - 1)}.\n"
+        cost = count_tokens(needle)
+        if used + cost > budget:
+            break
+        keys.add(key)
+        needles.append(needle)
+        used += cost
+    at = round(len(needles) * depth)
+    needles.insert(at, target)
+    prompt = MULTIKEY_TASK + "".join(needles).rstrip("\n") + question
+    return TaskSample("multikey", prompt, f" {value}.", [value], depth, length, max_tokens=12)
+
+
+def _short_id(rng: random.Random, n: int = 6) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+def kv_retrieval(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+    """InfiniteBench kv_retrieval with 6-character keys and values."""
+    head = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{"
+    pair_cost = count_tokens('"abc123": "def456", ')
+    n = max(2, (length - count_tokens(head) - 30) // pair_cost)
+    pairs = [(_short_id(rng), _short_id(rng)) for _ in range(n)]
+    at = min(n - 1, round((n - 1) * depth))
+    key, value = pairs[at]
+    body = ", ".join(f'"{k}": "{v}"' for k, v in pairs)
+    prompt = f'{head}{body}}}\nKey: "{key}"\nThe value associated with the specified key is:'
+    return TaskSample("kv_retrieval", prompt, f' "{value}"', [value], depth, length, max_tokens=12)
+
+
+def variable_tracking(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
+                      hops: int = 4) -> TaskSample:
+    """RULER vt: one chain of `hops` assignments hidden among noise lines; name every variable of the chain."""
+    names = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
+        if name not in names:
+            names.append(name)
+    value = str(rng.randint(10000, 99999))
+    statements = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, hops + 1)]
+    head = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    question = (f"\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: "
+                f"According to the chain(s) of variable assignment in the text above, {hops + 1} variables are "
+                f"assigned the value {value}, they are:")
+    fixed = count_tokens(head + " ".join(statements) + question)
+    n = _fill([NOISE], length - fixed, count_tokens)
+    lines = [NOISE.strip()] * n
+    start = round(n * depth * 0.5)
+    slots = sorted(rng.sample(range(start, n + 1), min(len(statements), n + 1 - start))) if n else [0] * len(statements)
+    for offset, (slot, stmt) in enumerate(zip(slots, statements)):
+        lines.insert(slot + offset, stmt)
+    prompt = head + " ".join(lines) + question
+    return TaskSample("variable_tracking", prompt, " " + " ".join(names) + ".", names, depth, length, max_tokens=30)
+
+
+def common_words(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+    """RULER cwe: a numbered word list where 10 words recur often; name them (an aggregation negative control)."""
+    vocab = rng.sample(ADJECTIVES + NOUNS + VERBS, 10)
+    common, rare_pool = vocab, [w for w in ADJECTIVES + NOUNS + VERBS if w not in vocab]
+    freq_common, freq_rare = (30, 3) if length >= 4096 else (6, 1)
+    head = ("Below is a numbered list of words. In these words, some appear more often than others. "
+            "Memorize the ones that appear most often.\n")
+    question = ("\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that "
+                "appear most often in the list are:")
+    per_word = count_tokens(" 100. apple") or 3
+    total_words = max(10 * freq_common, (length - count_tokens(head + question)) // per_word)
+    n_rare = max(0, (total_words - 10 * freq_common) // freq_rare)
+    words = common * freq_common + [w for w in rng.choices(rare_pool, k=n_rare) for _ in range(freq_rare)]
+    rng.shuffle(words)
+    prompt = head + " ".join(f"{i + 1}. {w}" for i, w in enumerate(words)) + question
+    return TaskSample("common_words", prompt, " " + ", ".join(common) + ".", common, depth, length, max_tokens=60)
+
+
+def filler_text(rng: random.Random, length: int, count_tokens: CountTokens) -> str:
+    """Simple English sentences ("The brave fox carries a red lamp near the river."), about `length` tokens."""
+    sentences, used = [], 0
+    while used < length:
+        s = (f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} "
+             f"{rng.choice(['a', 'the', 'one', 'every'])} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+             f"{rng.choice(['', ' near the ' + rng.choice(NOUNS), ' in the ' + rng.choice(NOUNS)])}. ")
+        sentences.append(s)
+        used += count_tokens(s)
+    return "".join(sentences)
+
+
+GENERATORS = {"passkey": passkey, "multikey": multikey, "kv_retrieval": kv_retrieval,
+              "variable_tracking": variable_tracking, "common_words": common_words}
+
+
+def first_int(text: str) -> str | None:
+    m = re.search(r"\d+", text)
+    return m.group(0) if m else None
+
+
+def score(sample: TaskSample, output: str) -> float:
+    """1.0 for a correct answer, 0.0 for a wrong one; the fraction of references found for list answers."""
+    if sample.task in ("passkey", "multikey"):
+        return float(first_int(output) == sample.references[0])
+    if sample.task == "kv_retrieval":
+        words = re.sub(r"[\n:\"'.,?!{}]", " ", output).split()
+        return float(sample.references[0] in words)
+    found = sum(ref.lower() in output.lower() for ref in sample.references)
+    return found / len(sample.references)

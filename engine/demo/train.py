@@ -1,0 +1,202 @@
+"""Train the bundled demo model: a small MemoryLlama with ReLU MLPs that retrieves from long contexts.
+
+    python -m engine.demo.train --out DIR --minutes 90          # resumable: run again with --resume
+    python -m engine.demo.train --out DIR --smoke               # a micro model in under a minute (tests)
+
+Data are generated on the fly (engine.demo.tasks): passkey, multi-key needle and key-value retrieval prompts whose
+answer tokens carry the loss, plus filler sentences trained as plain language modelling. A length curriculum starts
+at short contexts and doubles the maximum length whenever the answer-token accuracy of the current stage passes
+`--advance-at`; each batch mixes lengths between a quarter of the current maximum and the maximum.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from engine.demo.tasks import multikey, kv_retrieval, passkey, filler_text
+from engine.demo.tokenizer import train_tokenizer
+from engine.models.memory_llama import MemoryLlamaForCausalLM
+from engine.models.model_config import ModelConfig
+
+FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=4, memory_heads=1, memory_num_keys=32, memory_key_dim=64, memory_value_dim=64,
+            memory_pre_value_dim=64, memory_topk=8, lengths=[128, 256, 512, 1024, 2048], tokens_per_step=8192)
+SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
+             memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=2048)
+TASK_MIX = [("multikey", 0.45), ("passkey", 0.25), ("kv_retrieval", 0.15), ("filler", 0.15)]
+GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
+
+
+def model_config(size: dict, max_positions: int) -> dict:
+    cfg = {k: v for k, v in size.items() if k not in ("lengths", "tokens_per_step")}
+    return {"architectures": ["MemoryLlamaForCausalLM"], "model_type": "memory_llama", "hidden_act": "relu",
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+            "max_position_embeddings": max_positions, "bos_token_id": 1, "eos_token_id": 2, **cfg}
+
+
+class Batcher:
+    """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
+
+    def __init__(self, tokenizer, seed: int):
+        self.tok = tokenizer
+        self.rng = random.Random(seed)
+        self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+    def sample(self, length: int):
+        task = self.rng.choices([t for t, _ in TASK_MIX], [w for _, w in TASK_MIX])[0]
+        if task == "filler":
+            ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
+            return task, ids, [1.0] * len(ids), [False] * len(ids)
+        sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count)
+        prompt = self.tok.encode(sample.prompt)
+        answer = self.tok.encode(sample.answer, add_special_tokens=False) + [self.tok.eos_token_id]
+        ids = prompt + answer
+        is_answer = [False] * len(prompt) + [True] * len(answer)
+        return task, ids, [float(a) for a in is_answer], is_answer
+
+    def batch(self, max_len: int, tokens: int):
+        length = self.rng.randint(max(32, max_len // 4), max_len)
+        rows = [self.sample(length) for _ in range(max(1, tokens // length))]
+        width = max(len(r[1]) for r in rows)
+        ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
+        weights = torch.zeros(len(rows), width)
+        answers = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (_, r_ids, r_w, r_a) in enumerate(rows):
+            ids[i, :len(r_ids)] = torch.tensor(r_ids)
+            weights[i, :len(r_w)] = torch.tensor(r_w)
+            answers[i, :len(r_a)] = torch.tensor(r_a)
+        return ids, weights, answers, [r[0] for r in rows]
+
+
+def loss_and_accuracy(model, ids, weights, answers):
+    logits = model.forward_dense(ids[:, :-1])
+    target, w, ans = ids[:, 1:], weights[:, 1:], answers[:, 1:]
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    loss = (per_token * w.reshape(-1)).sum() / w.sum().clamp(min=1)
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == target) & ans
+        acc = correct.sum().item() / max(1, ans.sum().item())
+    return loss, acc
+
+
+def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
+    os.makedirs(out, exist_ok=True)
+    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if n != "lm_head.weight"}
+    save_file(state, os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    tokenizer.save_pretrained(out)
+    with open(os.path.join(out, "training_record.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def init_weights(model: torch.nn.Module, std: float = 0.02):
+    """GPT-2 style: N(0, std) for embeddings and linears, residual projections scaled by 1/sqrt(2·layers).
+    Memory layers keep their own (UltraMemV2) initialisation."""
+    layers = len(model.model.layers)
+    for name, module in model.named_modules():
+        if ".memory" in name:
+            continue
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            scale = (2 * layers) ** -0.5 if name.endswith(("o_proj", "down_proj")) else 1.0
+            torch.nn.init.normal_(module.weight, std=std * scale)
+
+
+def learning_rate(base: float, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / 100)
+    return base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress - 0.6) / 0.4))))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--minutes", type=float, default=90.0)
+    parser.add_argument("--smoke", action="store_true", help="a micro model for tests (40 seconds)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
+    args = parser.parse_args(argv)
+    size = SMOKE if args.smoke else FULL
+    minutes = 40 / 60 if args.smoke else args.minutes
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    state_path = os.path.join(args.out, "train_state.pt")
+
+    tokenizer = train_tokenizer(size["vocab_size"], seed=args.seed, samples=60 if args.smoke else 400)
+    cfg = model_config(size, max_positions=4 * size["lengths"][-1])
+    model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
+    init_weights(model)
+    value_params = [p for n, p in model.named_parameters() if "values" in n]
+    other_params = [p for n, p in model.named_parameters() if "values" not in n]
+    optimizer = torch.optim.AdamW([{"params": other_params, "lr_scale": 1.0},
+                                   {"params": value_params, "lr_scale": 4.0, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    record = {"command": " ".join(["python -m engine.demo.train"] + sys.argv[1:]), "seed": args.seed,
+              "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
+              "curve": [], "stages": []}
+    batcher = Batcher(tokenizer, args.seed)
+    if args.resume and os.path.isfile(state_path):
+        saved = torch.load(state_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        record = saved["record"]
+        batcher.rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+
+    budget_s = minutes * 60
+    start = time.monotonic() - record["elapsed_s"]
+    acc_ema, loss_ema, last_save = 0.0, None, time.monotonic()
+    bar = tqdm(total=int(budget_s), initial=int(record["elapsed_s"]), unit="s", desc="train")
+    model.train()
+    while (elapsed := time.monotonic() - start) < budget_s:
+        stage = record["stage"]
+        max_len = size["lengths"][stage]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args.lr, record["step"], elapsed / budget_s) * group["lr_scale"]
+        ids, weights, answers, _ = batcher.batch(max_len, size["tokens_per_step"])
+        loss, acc = loss_and_accuracy(model, ids, weights, answers)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        record["step"] += 1
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        acc_ema = 0.95 * acc_ema + 0.05 * acc
+        if record["step"] % 10 == 0:
+            record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
+                                    "answer_acc": round(acc_ema, 4), "max_len": max_len})
+        if acc_ema > args.advance_at and stage + 1 < len(size["lengths"]) and record["step"] > 50:
+            record["stage"] += 1
+            record["stages"].append({"step": record["step"], "elapsed_s": round(elapsed, 1),
+                                     "max_len": size["lengths"][record["stage"]]})
+            acc_ema = 0.0
+        record["elapsed_s"] = time.monotonic() - start
+        bar.n = int(record["elapsed_s"])
+        bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", len=max_len, step=record["step"])
+        if time.monotonic() - last_save > 300:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
+                        "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
+            save_checkpoint(model, tokenizer, args.out, record, cfg)
+            last_save = time.monotonic()
+    bar.close()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
+                "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
+    save_checkpoint(model, tokenizer, args.out, record, cfg)
+    print(f"saved {args.out}: {record['step']} steps, loss {loss_ema:.3f}, answer accuracy {acc_ema:.2f}, "
+          f"max length {size['lengths'][record['stage']]}")
+
+
+if __name__ == "__main__":
+    main()
