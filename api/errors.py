@@ -3,6 +3,7 @@
 Anything a client can send maps to a 4xx; a 500 means a real fault in the server.
 """
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,9 +57,13 @@ def from_exception(exc: BaseException) -> APIError:
     return APIError(500, f"Internal server error: {type(exc).__name__}")
 
 
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|[\w-]+\[.*\])$")
+
+
 def _validation_param(errors: list[dict]) -> str | None:
+    """The field path of the first error, without pydantic's union-member tags (`prompt.list[int].0` -> `prompt.0`)."""
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _TYPE_TAG.match(str(p))]
         if loc:
             return ".".join(loc)
     return None
