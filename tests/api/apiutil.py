@@ -99,9 +99,11 @@ def tokenize(http, **body) -> list[int]:
     return out["tokens"]
 
 
-def sse_events(response: httpx.Response) -> list:
+def sse_events(response_or_lines) -> list:
+    """The `data:` payloads of an SSE stream (a response or its lines), JSON-decoded except `[DONE]`."""
+    lines = response_or_lines.iter_lines() if hasattr(response_or_lines, "iter_lines") else response_or_lines
     events = []
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith("data: "):
             data = line[len("data: "):]
             events.append(data if data == "[DONE]" else json.loads(data))
