@@ -1,6 +1,6 @@
 """The same weights through `transformers` generate and through actserve: batch-1 decode and 16 concurrent requests.
 
-    python -m bench.vs_transformers --shapes tiny,tinyllama --json bench/out/vs_transformers.json
+    python -m bench.vs_transformers --shapes tiny,tinyllama --json bench/results/vs_transformers.json
 
 Single stream: decode tok/s = (N-1) / (time to generate N tokens - time to generate 1), greedy, fp32.
 Concurrent: C requests through actserve's continuous batching against the same C requests run one after another

@@ -78,10 +78,13 @@ class Batcher:
 
 
 def loss_and_accuracy(model, ids, weights, answers):
-    logits = model.forward_dense(ids[:, :-1])
-    target, w, ans = ids[:, 1:], weights[:, 1:], answers[:, 1:]
-    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    loss = (per_token * w.reshape(-1)).sum() / w.sum().clamp(min=1)
+    """Weighted next-token loss; logits are computed only where the loss weight is non-zero."""
+    positions = torch.arange(ids.shape[1] - 1)
+    hidden = model.model(ids[:, :-1], positions, None, [None] * len(model.model.layers))
+    keep = weights[:, 1:] > 0
+    logits = model.lm_head(hidden[keep])
+    target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
+    loss = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
     with torch.no_grad():
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
