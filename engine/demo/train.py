@@ -122,7 +122,8 @@ def learning_rate(base: float, step: int, progress: float) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--minutes", type=float, default=90.0)
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default 90; smoke 0.67)")
+    parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in total")
     parser.add_argument("--smoke", action="store_true", help="a micro model for tests (40 seconds)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -131,7 +132,7 @@ def main(argv=None):
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
-    minutes = 40 / 60 if args.smoke else args.minutes
+    minutes = args.minutes if args.minutes is not None else (40 / 60 if args.smoke else 90.0)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -160,14 +161,15 @@ def main(argv=None):
 
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
-    acc_ema, loss_ema, last_save = 0.0, None, time.monotonic()
+    acc_ema, loss_ema, last_save = record.get("acc_ema", 0.0), record.get("loss_ema"), time.monotonic()
     bar = tqdm(total=int(budget_s), initial=int(record["elapsed_s"]), unit="s", desc="train")
     model.train()
-    while (elapsed := time.monotonic() - start) < budget_s:
+    while (elapsed := time.monotonic() - start) < budget_s and (args.steps is None or record["step"] < args.steps):
         stage = record["stage"]
         max_len = size["lengths"][stage]
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args.lr, record["step"], elapsed / budget_s) * group["lr_scale"]
+            progress = record["step"] / args.steps if args.steps else elapsed / budget_s
+            group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
         ids, weights, answers, _ = batcher.batch(max_len, size["tokens_per_step"])
         loss, acc = loss_and_accuracy(model, ids, weights, answers)
         optimizer.zero_grad(set_to_none=True)
@@ -186,6 +188,7 @@ def main(argv=None):
                                      "max_len": size["lengths"][record["stage"]]})
             acc_ema = 0.0
         record["elapsed_s"] = time.monotonic() - start
+        record["acc_ema"], record["loss_ema"] = acc_ema, loss_ema
         bar.n = int(record["elapsed_s"])
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", len=max_len, step=record["step"])
         if time.monotonic() - last_save > 300:
@@ -197,7 +200,7 @@ def main(argv=None):
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
                 "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
     save_checkpoint(model, tokenizer, args.out, record, cfg)
-    print(f"saved {args.out}: {record['step']} steps, loss {loss_ema:.3f}, answer accuracy {acc_ema:.2f}, "
+    print(f"saved {args.out}: {record['step']} steps, loss {loss_ema or 0:.3f}, answer accuracy {acc_ema:.2f}, "
           f"max length {size['lengths'][record['stage']]}")
 
 

@@ -1,0 +1,57 @@
+"""The demo model's training script: smoke run, reproducibility, resume, and serving the result."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from engine import LLM, SamplingParams
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(out, *extra):
+    cmd = [sys.executable, "-m", "engine.demo.train", "--out", str(out), "--smoke", "--threads", "1", *extra]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+    with open(os.path.join(out, "training_record.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    record = train(out, "--minutes", "0.5")
+    return out, record
+
+
+def test_smoke_training_learns_and_records(smoke_model):
+    out, record = smoke_model
+    assert record["step"] > 20
+    curve = record["curve"]
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    assert "engine.demo.train" in record["command"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert os.path.isfile(os.path.join(out, name))
+
+
+def test_smoke_model_is_served_by_the_engine(smoke_model):
+    out, _ = smoke_model
+    llm = LLM(str(out), max_model_len=512)
+    assert llm.engine.model_config.architecture == "MemoryLlamaForCausalLM"
+    out = llm.generate("The pass key is 12345. What is the pass key? The pass key is",
+                       SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0].outputs[0]
+    assert len(out.token_ids) == 8
+
+
+def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
+    a = train(tmp_path / "a", "--steps", "4")
+    b = train(tmp_path / "b", "--steps", "4")
+    wa, wb = (load_file(str(tmp_path / x / "model.safetensors")) for x in "ab")
+    assert a["step"] == b["step"] == 4
+    assert all((wa[name] == wb[name]).all() for name in wa)
+    c = train(tmp_path / "a", "--steps", "7", "--resume")
+    assert c["step"] == 7
+    wc = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert any((wa[name] != wc[name]).any() for name in wa)
