@@ -112,7 +112,7 @@ def variable_tracking(rng: random.Random, length: int, depth: float, count_token
                 f"According to the chain(s) of variable assignment in the text above, {hops + 1} variables are "
                 f"assigned the value {value}, they are:")
     fixed = count_tokens(head + " ".join(statements) + question)
-    n = _fill([NOISE], length - fixed, count_tokens)
+    n = _fill([NOISE.strip() + " "], length - fixed, count_tokens)
     lines = [NOISE.strip()] * n
     start = round(n * depth * 0.5)
     slots = sorted(rng.sample(range(start, n + 1), min(len(statements), n + 1 - start))) if n else [0] * len(statements)
@@ -131,12 +131,18 @@ def common_words(rng: random.Random, length: int, depth: float, count_tokens: Co
             "Memorize the ones that appear most often.\n")
     question = ("\nQuestion: What are the 10 most common words in the above list? Answer: The top 10 words that "
                 "appear most often in the list are:")
-    per_word = count_tokens(" 100. apple") or 3
-    total_words = max(10 * freq_common, (length - count_tokens(head + question)) // per_word)
-    n_rare = max(0, (total_words - 10 * freq_common) // freq_rare)
-    words = common * freq_common + [w for w in rng.choices(rare_pool, k=n_rare) for _ in range(freq_rare)]
-    rng.shuffle(words)
-    prompt = head + " ".join(f"{i + 1}. {w}" for i, w in enumerate(words)) + question
+    budget = length - count_tokens(head + question)
+
+    def build(total_words: int) -> str:
+        n_rare = max(0, (total_words - 10 * freq_common) // freq_rare)
+        words = common * freq_common + [w for w in rng.choices(rare_pool, k=n_rare) for _ in range(freq_rare)]
+        rng.shuffle(words)
+        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+
+    total = max(10 * freq_common, budget // 4)
+    listing = build(total)
+    total = max(10 * freq_common, int(total * budget / max(1, count_tokens(listing))))  # one correction pass
+    prompt = head + build(total) + question
     return TaskSample("common_words", prompt, " " + ", ".join(common) + ".", common, depth, length, max_tokens=60)
 
 

@@ -1,0 +1,53 @@
+"""Synthetic task generators and scorers."""
+import random
+
+import pytest
+
+from engine.demo.tasks import GENERATORS, MULTIKEY_TASK, NOISE, PASSKEY_TASK, first_int, score
+from engine.demo.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def count():
+    tok = train_tokenizer(1024, samples=40)
+    return lambda text: len(tok.encode(text, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("task", list(GENERATORS))
+@pytest.mark.parametrize("length", [512, 2048])
+def test_prompt_length_is_close_to_target_and_answer_scores(task, length, count):
+    rng = random.Random(3)
+    sample = GENERATORS[task](rng, length, 0.5, count)
+    n = count(sample.prompt)
+    assert 0.85 * length <= n <= 1.1 * length
+    assert score(sample, sample.answer) == 1.0
+    assert score(sample, " 0000000 nothing") == 0.0
+
+
+def test_passkey_layout_and_depth(count):
+    rng = random.Random(0)
+    shallow = GENERATORS["passkey"](rng, 1024, 0.1, count)
+    deep = GENERATORS["passkey"](rng, 1024, 0.9, count)
+    for s in (shallow, deep):
+        assert s.prompt.startswith(PASSKEY_TASK) and NOISE in s.prompt
+        assert s.prompt.endswith("What is the pass key? The pass key is")
+        assert f"The pass key is {s.references[0]}. Remember it. {s.references[0]} is the pass key." in s.prompt
+        assert len(s.references[0]) == 5
+    at = lambda s: s.prompt.index("The pass key is") / len(s.prompt)  # noqa: E731
+    assert at(shallow) < 0.2 < 0.8 < at(deep)
+
+
+def test_multikey_has_distractors_and_one_answer(count):
+    s = GENERATORS["multikey"](random.Random(1), 1024, 0.5, count)
+    query = s.prompt.rsplit("for ", 1)[1].split(" mentioned")[0]
+    assert s.prompt.startswith(MULTIKEY_TASK)
+    assert s.prompt.count(f"for {query} is:") == 1
+    assert s.prompt.count("One of the special magic numbers for") > 20
+    assert f"for {query} is: {s.references[0]}." in s.prompt and len(s.references[0]) == 7
+
+
+def test_scorers():
+    assert first_int("The answer is 12345, maybe 6") == "12345"
+    assert first_int("none") is None
+    s = GENERATORS["variable_tracking"](random.Random(2), 512, 0.3, lambda t: len(t) // 4)
+    assert score(s, " ".join(s.references[:2])) == pytest.approx(2 / len(s.references))
