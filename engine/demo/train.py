@@ -138,7 +138,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "train_state.pt")
 
-    tokenizer = train_tokenizer(size["vocab_size"], seed=args.seed, samples=60 if args.smoke else 400)
+    if args.resume and os.path.isfile(os.path.join(args.out, "tokenizer.json")):
+        from engine.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(args.out)  # the one the saved weights were trained with
+    else:
+        tokenizer = train_tokenizer(size["vocab_size"], seed=args.seed, samples=60 if args.smoke else 400)
     cfg = model_config(size, max_positions=4 * size["lengths"][-1])
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
     init_weights(model)
