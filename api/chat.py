@@ -6,7 +6,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from api.errors import APIError, from_exception
-from api.generation import EngineRun, RunStreamingResponse, sse, sse_stream, until_disconnect
+from api.generation import EngineRun, RunStreamingResponse, log_ignored_fields, sse, sse_stream, until_disconnect
 from api.logprobs import chat_logprobs
 from api.protocol import ChatCompletionRequest, ChatMessage
 from api.sampling import to_sampling_params, usage
@@ -56,6 +56,7 @@ async def chat_prompt_ids(engine, req) -> list[int]:
 async def create_chat_completion(req: ChatCompletionRequest, raw: Request):
     state = raw.app.state.actserve
     state.check_model(req.model)
+    log_ignored_fields(req)
     engine = state.ready_engine()
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true.", "top_logprobs")

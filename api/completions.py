@@ -6,7 +6,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from api.errors import APIError, from_exception
-from api.generation import EngineRun, RunStreamingResponse, sse, sse_stream, until_disconnect
+from api.generation import EngineRun, RunStreamingResponse, log_ignored_fields, sse, sse_stream, until_disconnect
 from api.logprobs import completion_logprobs
 from api.protocol import MAX_N, CompletionRequest
 from api.sampling import to_sampling_params, usage
@@ -47,6 +47,7 @@ def _echo_texts(engine, req: CompletionRequest, prompts: list[list[int]]) -> lis
 async def create_completion(req: CompletionRequest, raw: Request):
     state = raw.app.state.actserve
     state.check_model(req.model)
+    log_ignored_fields(req)
     engine = state.ready_engine()
     if req.echo and req.logprobs is not None:
         raise APIError(400, "echo with logprobs (prompt logprobs) is not supported.", "echo")

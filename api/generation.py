@@ -6,6 +6,7 @@ broken 200 stream), merges the per-prompt output streams, and aborts them all wh
 import asyncio
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -17,6 +18,7 @@ from api.state import AppState
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 
+log = logging.getLogger("actserve.api")
 _END = object()
 
 
@@ -148,6 +150,13 @@ async def until_disconnect(request: Request, work):
             await task
         return Response(status_code=499)
     return task.result()
+
+
+def log_ignored_fields(req):
+    """Unknown fields are accepted (OpenAI clients send many) and logged, as vLLM does."""
+    extra = sorted(req.model_extra or {})
+    if extra:
+        log.info("fields present in the request but ignored: %s", ", ".join(extra))
 
 
 def sse(payload) -> str:

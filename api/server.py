@@ -6,7 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from importlib import metadata
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

@@ -65,6 +65,43 @@ def test_loading_503_then_sigterm_drains_and_exits_0(checkpoint):
     proc.stop()
 
 
+def _stream_until_cut(url: str, outcomes: list, first_chunk: threading.Event):
+    body = {"prompt": "slow", "max_tokens": 240, "ignore_eos": True, "stream": True}
+    try:
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                first_chunk.set()
+                if line == "data: [DONE]":
+                    outcomes.append("done")
+                    return
+    except httpx.HTTPError:
+        pass
+    first_chunk.set()
+    outcomes.append("cut")
+
+
+def test_sigterm_drain_is_bounded_by_shutdown_timeout(checkpoint):
+    """One sequence at a time and eight 240-token streams: far more than 0.3 s of work. SIGTERM must still exit 0
+    about --shutdown-timeout later, cutting what had not finished."""
+    proc = ServerProcess(checkpoint("llama"), *FAST_ENGINE, "--max-num-seqs", "1", "--shutdown-timeout", "0.3")
+    proc.wait_ready()
+    outcomes, started = [], threading.Event()
+    threads = [threading.Thread(target=_stream_until_cut, args=(proc.url, outcomes, started)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert started.wait(30)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(30) == 0, proc.logs()
+    assert time.monotonic() - t0 < 10
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 8 and "cut" in outcomes
+    assert "timeout graceful shutdown exceeded" in proc.logs()
+    proc.stop()
+
+
 def test_model_that_fails_to_load_exits_1(tmp_path):
     os.makedirs(tmp_path / "broken")
     (tmp_path / "broken" / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
