@@ -12,6 +12,9 @@ from api.protocol import ChatCompletionRequest, ChatMessage
 from api.sampling import to_sampling_params, usage
 
 router = APIRouter()
+_RESERVED = {"conversation", "tools", "documents", "chat_template", "tokenize", "return_dict", "return_tensors",
+             "padding", "truncation", "max_length", "return_assistant_tokens_mask", "tokenizer_kwargs",
+             "add_generation_prompt", "continue_final_message"}
 
 
 def conversation(messages: list[ChatMessage]) -> list[dict]:
@@ -37,11 +40,15 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True, 
                        "continue_final_message")
     if not getattr(tokenizer, "chat_template", None):
         raise APIError(400, "This model has no chat template; use /v1/completions.", "messages")
+    extra = {k: v for k, v in (kwargs or {}).items() if k not in _RESERVED}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=continue_final_message, **(kwargs or {}))
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             continue_final_message=continue_final_message, **extra)
     except Exception as exc:  # a template can fail on any input it does not expect
         raise APIError(400, f"Cannot apply the chat template: {exc}", "messages") from exc
+    if not isinstance(text, str):
+        raise APIError(400, "The chat template did not produce text.", "chat_template_kwargs")
+    return text
 
 
 async def chat_prompt_ids(engine, req) -> list[int]:

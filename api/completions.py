@@ -68,16 +68,15 @@ async def create_completion(req: CompletionRequest, raw: Request):
                     "input_tokens", context_length_message(engine.max_model_len, 0, len(p))))
         ctx.echo = _echo_texts(engine, req, prompts)
         return ctx.prompt_only()
+    ctx.echo = _echo_texts(engine, req, prompts)
     run = EngineRun(state, prompts, params, rid)
     if req.stream:
         await run.start()
-        ctx.echo = _echo_texts(engine, req, prompts)
         return RunStreamingResponse(sse_stream(run, ctx.stream(run)), run)
 
     async def complete():
         try:
             await run.start()
-            ctx.echo = _echo_texts(engine, req, prompts)
             finals = {}
             async for i, out in run.outputs():
                 finals[i] = out

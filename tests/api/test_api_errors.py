@@ -121,3 +121,24 @@ def test_burst_beyond_queue_bound_gets_429(server):
             assert r.headers["retry-after"] == "1"
             assert_error(r, 429)["type"] == "rate_limit_error"
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_hostile_inputs_never_kill_the_engine(http, server):
+    user = [{"role": "user", "content": "x"}]
+    bodies = [
+        ("/v1/chat/completions", {"messages": user, "chat_template_kwargs": {"tokenize": True, "return_dict": True}}),
+        ("/v1/chat/completions", {"messages": user, "add_generation_prompt": True, "continue_final_message": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}], "max_tokens": 1}),
+        ("/v1/completions", {"prompt": [0, 1, 2], "max_tokens": 1, "seed": 2**63 - 1, "n": 3}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 1e-300, "top_k": 10**12, "top_p": 1e-9}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 1e30, "stop": ["a"] * 200}),
+        ("/v1/completions", {"prompt": [1] * 256, "max_tokens": None}),
+        ("/v1/completions", {"prompt": "x", "logit_bias": {" 5": -100, "6": 100}, "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}),
+        ("/v1/completions", {"prompt": "x", "echo": True, "max_tokens": 0, "stream": True}),
+    ]
+    for path, body in bodies:
+        r = http.post(path, json=body)
+        assert r.status_code in (200, 400), (body, r.status_code, r.text)
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert http.post("/v1/completions", json={"prompt": "alive", "max_tokens": 2}).status_code == 200
