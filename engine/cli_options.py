@@ -20,12 +20,35 @@ _HELP = {
     "decode_threads": "intra-op threads for decode-only steps (default: all cores)",
     "prefill_threads": "intra-op threads for steps that prefill (default: all cores)",
     "seed": "seed for requests that give none",
+    "kv_policy": "KV selection policy: full | streaming | infllm | quest | actqkv",
+    "kv_budget": "KV tokens attended per layer per step (sink + local + retrieved blocks)",
+    "kv_sink": "first tokens always attended",
+    "kv_local": "most recent tokens always attended",
+    "kv_positions": "original | bounded (retrieved blocks attended just past the local window)",
+    "kv_window": "prefill query tokens per retrieval",
+    "kv_repr_topk": "most-attended keys averaged into a block representative",
+    "kv_per_head": "actqkv: select blocks per KV head (true/false)",
+    "kv_tau": "actqkv: softmax temperature of the information-density entropy",
+    "kv_cutoff": "actqkv: entropy | top_p",
+    "kv_top_p": "actqkv: softmax mass kept by the top_p cut-off",
+    "kv_warmup": "actqkv: query tokens of uniform probe weights before the activation bias",
 }
+
+
+def _parse_bool(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _type_of(annotation):
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    return str if str in args else args[0]
+    kind = str if str in args else args[0]
+    return _parse_bool if kind is bool else kind
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, env: dict | None = None):

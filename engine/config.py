@@ -31,11 +31,31 @@ class EngineConfig:
     decode_threads: int | None = None         # intra-op threads for decode-only steps (None: all cores)
     prefill_threads: int | None = None        # intra-op threads for steps that prefill
     seed: int = 0                             # seeds the generators of requests that give no seed
+    kv_policy: str = "full"                   # full | streaming | infllm | quest | actqkv
+    kv_budget: int = 2048                     # KV tokens attended per layer per step under a selection policy
+    kv_sink: int = 64                         # first tokens always attended
+    kv_local: int = 512                       # most recent tokens always attended
+    kv_positions: str = "original"            # original | bounded (retrieved blocks just past the local window)
+    kv_window: int = 256                      # prefill query tokens per retrieval
+    kv_repr_topk: int = 4                     # keys averaged into a block representative
+    kv_per_head: bool = False                 # actqkv: select blocks per KV head
+    kv_tau: float = 0.1                       # actqkv: temperature of the density entropy
+    kv_cutoff: str = "entropy"                # actqkv: entropy | top_p
+    kv_top_p: float = 0.9                     # actqkv: mass kept by the top_p cut-off
+    kv_warmup: int = 256                      # actqkv: query tokens before the activation bias weights the probe
 
     def __post_init__(self):
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
         self.kv_cache_memory = parse_bytes(self.kv_cache_memory)
+
+    def kv_config(self, **overrides):
+        """The default KV retrieval settings, with per-request `overrides` (field names without `kv_`)."""
+        from engine.kv.config import KVConfig
+        names = {f.name for f in fields(KVConfig)}
+        values = {n: getattr(self, "kv_" + n) for n in names if hasattr(self, "kv_" + n)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return KVConfig(**values)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "EngineConfig":

@@ -70,17 +70,23 @@ class LLMEngine:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> Request:
-        """Validate and queue a request; raise `SamplingParamsError` (naming the parameter) if it cannot run."""
+                    arrival_time: float | None = None, kv: dict | None = None) -> Request:
+        """Validate and queue a request; raise `SamplingParamsError` (naming the parameter) if it cannot run.
+        `kv` overrides the engine's KV retrieval settings for this request (e.g. {"policy": "actqkv"})."""
         if request_id in self.requests:
             raise SamplingParamsError("request_id", f"request id {request_id!r} is already in use")
-        request = self.make_request(request_id, prompt, params, arrival_time)
+        request = self.make_request(request_id, prompt, params, arrival_time, kv)
         self.enqueue(request)
         return request
 
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                     arrival_time: float | None = None) -> Request:
+                     arrival_time: float | None = None, kv: dict | None = None) -> Request:
         """Tokenize and validate without touching the queues (safe to call from another thread)."""
+        try:
+            kv_config = self.config.kv_config(**(kv or {}))
+        except TypeError as exc:
+            raise SamplingParamsError("kv", f"unknown KV retrieval option: {exc}") from exc
+        kv_config.validate(self.config.block_size)
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenize(prompt) if text is not None else list(prompt)
         if not ids:
@@ -94,7 +100,7 @@ class LLMEngine:
         if len(ids) + params.max_tokens > self.max_model_len or room <= 0:
             raise ContextLengthError("input_tokens",
                                      context_length_message(self.max_model_len, params.max_tokens, len(ids)))
-        return Request(request_id, text, ids, params, arrival_time)
+        return Request(request_id, text, ids, params, arrival_time, kv_config)
 
     def enqueue(self, request: Request):
         """Create the request's sequences and hand them to the scheduler."""
@@ -117,6 +123,7 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq)
+                self.runner.release(seq)
                 seq.finish("abort")
         request.finished_time = time.monotonic()
         return request.to_output()
@@ -149,6 +156,7 @@ class LLMEngine:
             request.last_token_time = now
             if seq.is_finished:
                 self.scheduler.finish(seq)
+                self.runner.release(seq)
             touched[request.request_id] = request
         outputs = []
         for request in touched.values():

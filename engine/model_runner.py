@@ -7,6 +7,9 @@ import logging
 import torch
 
 from engine.config import EngineConfig
+from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
+from engine.kv.state import SequenceKVState
+from engine.kv.summaries import BlockSummaries
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig
@@ -41,6 +44,9 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                            torch.zeros(shape, dtype=self.dtype, device=self.device))
                           for _ in range(model_config.num_hidden_layers)]
+        self.summaries = BlockSummaries(model_config.num_hidden_layers, self.num_blocks, self.block_size,
+                                        model_config.num_key_value_heads, model_config.head_dim, self.device)
+        self.kv_states: dict[int, SequenceKVState] = {}
         cores = torch.get_num_threads()
         self.decode_threads = config.decode_threads or cores
         self.prefill_threads = config.prefill_threads or cores
@@ -62,10 +68,22 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, meta, self.kv_caches)
         return self.model.compute_logits(hidden if all_rows else hidden[sample_rows])
 
+    def release(self, seq):
+        """Forget a finished or aborted sequence's retrieval state."""
+        self.kv_states.pop(seq.seq_id, None)
+
+    def _retrieval_state(self, seq) -> SequenceKVState | None:
+        kv = seq.request.kv_config
+        if kv is None or kv.policy == "full":
+            return None
+        if seq.num_computed_tokens == 0 or seq.seq_id not in self.kv_states:  # new, or recomputed after preemption
+            self.kv_states[seq.seq_id] = SequenceKVState(kv, self.model_config.num_hidden_layers, self.device)
+        return self.kv_states[seq.seq_id]
+
     def _prepare(self, batch: list[ScheduledSeq]):
         bs, dev = self.block_size, self.device
         window = self.model_config.sliding_window
-        ids, positions, slots, sample_rows, prefills = [], [], [], [], []
+        ids, positions, slots, sample_rows, prefills, retrieval = [], [], [], [], [], []
         decode_rows, decode_slots, decode_lens = [], [], []
         for item in batch:
             seq, n = item.seq, item.num_new_tokens
@@ -76,6 +94,11 @@ class ModelRunner:
             slots.append(all_slots[start:])
             if item.completes:
                 sample_rows.append(row + n - 1)
+            state = self._retrieval_state(seq)
+            if state is not None:
+                retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
+                                                torch.tensor(seq.block_table, dtype=torch.long, device=dev), state))
+                continue
             if n == 1:
                 decode_rows.append(row)
                 decode_slots.append(all_slots)
@@ -89,7 +112,8 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=torch.cat(slots).to(dev), prefills=prefills,
             decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
-            **self._decode_tensors(decode_slots, decode_lens, window))
+            **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
+            retrieval_context=RetrievalContext(self.summaries, self.model.model.rotary_emb, bs) if retrieval else None)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 

@@ -57,7 +57,10 @@ class Scheduler:
         kept: list[Sequence] = []
         while queue and budget > 0:
             seq = queue.pop(0)
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            n = self._chunk(seq, budget)
+            if n == 0:
+                kept.append(seq)
+                continue
             total = seq.num_computed_tokens + n
             while not self.block_manager.can_allocate(seq, total) and queue:
                 victim = queue.pop()
@@ -75,8 +78,8 @@ class Scheduler:
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
+            n = self._chunk(seq, budget)
+            if n == 0 or not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 break
             self.waiting.popleft()
             self.block_manager.allocate(seq, seq.num_computed_tokens + n)
@@ -85,6 +88,15 @@ class Scheduler:
             scheduled.append(ScheduledSeq(seq, n))
             budget -= n
         return SchedulerOutput(scheduled, preempted)
+
+    @staticmethod
+    def _chunk(seq: Sequence, budget: int) -> int:
+        """Tokens to compute for `seq` within `budget`: all it needs, or a partial chunk rounded down to its
+        prefill granularity (0 if not even one granule fits)."""
+        need = seq.num_tokens - seq.num_computed_tokens
+        if need <= budget:
+            return need
+        return budget - budget % seq.prefill_granularity
 
     def _preempt(self, seq: Sequence):
         self.block_manager.free(seq)

@@ -50,6 +50,13 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens:]
 
     @property
+    def prefill_granularity(self) -> int:
+        """Partial prefill chunks must be multiples of this: a retrieval policy's window, so that its windows (and
+        so its outputs) do not depend on what else shares the step."""
+        kv = self.request.kv_config
+        return 1 if kv is None or kv.policy == "full" else kv.window
+
+    @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
 
@@ -76,8 +83,9 @@ class Request:
     """What a client asked for: a prompt, sampling parameters and `n` sequences."""
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival_time: float | None = None):
+                 arrival_time: float | None = None, kv_config=None):
         self.request_id = request_id
+        self.kv_config = kv_config  # engine.kv.KVConfig; None means plain full attention
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.params = params

@@ -4,11 +4,12 @@ A step's tokens arrive flattened: `[num_tokens, hidden]`. New keys and values ar
 `slot_mapping` (slot = block_id * block_size + offset). Prefill chunks attend per sequence; single-token decodes
 are batched into one padded call.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
 from engine.layers.rotary import apply_rotary
 
 
@@ -29,6 +30,8 @@ class AttentionMetadata:
     decode_rows: torch.Tensor        # [B] row of each decode token in the flattened batch
     decode_slots: torch.Tensor       # [B, L] cache slots of each decode's keys, padded
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool; None when no key is padding or out of the window
+    retrieval: list[RetrievalSlice] = field(default_factory=list)   # sequences under a KV selection policy
+    retrieval_context: RetrievalContext | None = None
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -50,6 +53,7 @@ class Attention(torch.nn.Module):
         self.v_proj = torch.nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=o_bias)
         self.scale = head_dim ** -0.5
+        self.layer_idx = 0  # set by the model; indexes per-layer retrieval state
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata | None,
                 kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -75,6 +79,10 @@ class Attention(torch.nn.Module):
             else:
                 keys, values = k_flat[p.kv_slots], v_flat[p.kv_slots]
             out[rows] = self._attend(q[rows].unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), p.mask)[0]
+        for r in meta.retrieval:
+            rows = slice(r.q_start, r.q_start + r.q_len)
+            out[rows] = retrieval_attention(q[rows], k_flat, v_flat, r, self.layer_idx, meta.retrieval_context,
+                                            self.scale)
         if meta.decode_rows.numel():
             qd = q[meta.decode_rows].unsqueeze(1)
             out[meta.decode_rows] = self._attend(qd, k_flat[meta.decode_slots], v_flat[meta.decode_slots],

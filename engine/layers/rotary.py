@@ -84,12 +84,17 @@ class RotaryEmbedding(torch.nn.Module):
         self.cos = (emb.cos() * self.attention_scaling).to(device)
         self.sin = (emb.sin() * self.attention_scaling).to(device)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables for `positions`, shaped [tokens, 1, head_dim]; computed once per step."""
-        max_pos = int(positions.max())
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,)."""
+        max_pos = int(positions.max()) if positions.numel() else 0
         if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
             self._build(max(max_pos + 1, self.cos.shape[0]), positions.device)
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return self.cos[positions], self.sin[positions]
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin tables for `positions`, shaped [tokens, 1, head_dim]; computed once per step."""
+        cos, sin = self.lookup(positions)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -98,3 +103,12 @@ def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) ->
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding) -> torch.Tensor:
+    """Rotate vectors x [..., head_dim] by position offsets `delta` (possibly negative) whose shape is a prefix of
+    x's leading dimensions. RoPE rotations compose, so a cached key of position p moves to p + delta this way."""
+    cos, sin = rotary.lookup(delta.abs())
+    sin = sin * torch.where(delta < 0, -1.0, 1.0).to(sin.dtype)[..., None]
+    shape = delta.shape + (1,) * (x.dim() - 1 - delta.dim()) + (x.shape[-1],)
+    return apply_rotary(x, (cos.view(shape), sin.view(shape)))

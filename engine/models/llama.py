@@ -30,7 +30,12 @@ class LlamaModel(torch.nn.Module):
         self.embed_tokens = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary_emb = RotaryEmbedding(cfg, cfg.max_position_embeddings)
         self.layers = torch.nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.number_layers()
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def number_layers(self):
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.layer_idx = i
 
     def forward(self, input_ids, positions, meta, kv_caches):
         x = self.embed_tokens(input_ids)

@@ -46,6 +46,7 @@ class MemoryLlamaForCausalLM(LlamaForCausalLM):
                 memory = MemoryLayer(cfg.hidden_size, mem_cfg, tables, offset)
             layers.append(MemoryDecoderLayer(cfg, memory))
         self.model.layers = torch.nn.ModuleList(layers)
+        self.model.number_layers()
 
     def memory_layers(self) -> list[MemoryLayer]:
         return [layer.memory for layer in self.model.layers if layer.memory is not None]

@@ -1,0 +1,49 @@
+"""Per-request KV retrieval settings: the policy, its token budget and the ActQKV knobs."""
+from dataclasses import dataclass
+
+from engine.sampling_params import SamplingParamsError
+
+POLICIES = ("full", "streaming", "infllm", "quest", "actqkv")
+POSITIONS = ("original", "bounded")
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    policy: str = "full"
+    budget: int = 2048            # tokens attended per layer per step: sink + local + selected blocks (mean over layers)
+    sink: int = 64                # first tokens, always attended
+    local: int = 512              # most recent tokens, always attended (causal inside a prefill window)
+    positions: str = "original"   # original: true positions; bounded: sinks and retrieved blocks sit just past local
+    window: int = 256             # prefill query tokens per retrieval
+    repr_topk: int = 4            # keys averaged into a block's representative (most attended in the local window)
+    per_head: bool = False        # actqkv: select per KV head instead of one set shared by the heads
+    tau: float = 0.1              # actqkv: softmax temperature of the information-density entropy
+    cutoff: str = "entropy"       # actqkv: entropy | top_p
+    top_p: float = 0.9            # actqkv with cutoff=top_p: softmax mass to keep
+    warmup: int = 256             # actqkv: query tokens of uniform probe weights before the activation bias acts
+    question_weight: float = 4.0  # actqkv: weight of the question term while the question is known
+
+    def validate(self, block_size: int):
+        def check(ok, param, message):
+            if not ok:
+                raise SamplingParamsError(param, message)
+        check(self.policy in POLICIES, "kv_policy", f"kv_policy must be one of {', '.join(POLICIES)}.")
+        check(self.positions in POSITIONS, "kv_positions", f"kv_positions must be one of {', '.join(POSITIONS)}.")
+        check(self.sink >= 0 and self.local >= block_size, "kv_local",
+              f"kv_local must be at least the block size ({block_size}) and kv_sink non-negative.")
+        check(self.budget >= self.sink_tokens(block_size) + self.local + block_size, "kv_budget",
+              f"kv_budget must leave room for one block beyond sink and local "
+              f"(at least {self.sink_tokens(block_size) + self.local + block_size}).")
+        check(self.window >= 1, "kv_window", "kv_window must be positive.")
+        check(self.cutoff in ("entropy", "top_p") and self.tau > 0 and 0 < self.top_p <= 1, "kv_cutoff",
+              "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")
+
+    def sink_tokens(self, block_size: int) -> int:
+        """Sink tokens rounded up to whole blocks."""
+        return -(-self.sink // block_size) * block_size
+
+    def blocks_per_layer(self, block_size: int) -> int:
+        """Retrieved blocks per layer so that sink + local (+ its partial block) + blocks ≤ budget."""
+        if self.policy == "streaming":
+            return 0
+        return max(1, (self.budget - self.sink_tokens(block_size) - self.local) // block_size - 1)

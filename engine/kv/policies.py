@@ -1,0 +1,54 @@
+"""Block scoring for the selection policies. Every policy keeps the sinks and the local window; these functions
+score the candidate blocks in between, one score per block shared by the heads (or per KV head for ActQKV)."""
+import torch
+import torch.nn.functional as F
+
+from engine.kv import actqkv
+from engine.kv.config import KVConfig
+from engine.kv.state import SequenceKVState
+
+
+def infllm_scores(q_global: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
+    """Probe = mean query of the window; score = Σ_heads probe_h · repr_{kv(h)}. q [w, H, D], reprs [N, Hkv, D]."""
+    probe = q_global.mean(0)
+    kv_heads = reprs.shape[1]
+    return torch.einsum("kgd,nkd->n", probe.view(kv_heads, -1, probe.shape[-1]), reprs)
+
+
+def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
+    """Upper bound of q·k over each block: Σ_channels max(q_c·min_c, q_c·max_c), summed over heads."""
+    probe = q.mean(0)
+    kv_heads = kmin.shape[1]
+    probe = probe.view(kv_heads, -1, probe.shape[-1]).unsqueeze(0)          # [1, Hkv, g, D]
+    bound = torch.maximum(probe * kmin.unsqueeze(2), probe * kmax.unsqueeze(2))
+    return bound.sum(dim=(1, 2, 3))
+
+
+def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int) -> torch.Tensor:
+    """Cosine between the activation-bias-weighted probe and each block's representative (heads concatenated);
+    with `per_head`, one column of scores per KV head: [N, Hkv]."""
+    w, heads, dim = q_global.shape
+    kv_heads = reprs.shape[1]
+    weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
+    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, heads // kv_heads, dim)
+    expanded = reprs.unsqueeze(2).expand(-1, -1, heads // kv_heads, -1)     # [N, Hkv, g, D]
+    if state.config.per_head:
+        return F.cosine_similarity(expanded.flatten(2), probe.flatten(1).unsqueeze(0), dim=-1)
+    return F.cosine_similarity(expanded.flatten(1), probe.flatten().unsqueeze(0), dim=-1)
+
+
+def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState, layer: int,
+                  mean_k: int) -> torch.Tensor:
+    """Indices (into the candidates) of the blocks to attend: top-k, with k from the dynamic cut-off for ActQKV.
+    Per-head scores [N, Hkv] give [k, Hkv]."""
+    n = scores.shape[0]
+    k = mean_k
+    if config.policy == "actqkv":
+        flat = scores if scores.dim() == 1 else scores.mean(-1)
+        density = actqkv.normalized_entropy(flat, config.tau)
+        if config.cutoff == "entropy":
+            k = actqkv.allocate_blocks(state.density, layer, mean_k)
+        else:
+            k = actqkv.top_p_blocks(flat, config.tau, config.top_p, mean_k)
+        state.density[layer] = 0.9 * state.density[layer] + 0.1 * density
+    return scores.topk(min(k, n), dim=0).indices

@@ -1,0 +1,154 @@
+"""Attention of one sequence in one layer under a KV selection policy, in windows of query tokens.
+
+Each window [a, b) of up to `window` queries (one token at decode) attends to:
+  sinks (the first `sink` tokens) + the blocks its policy selects + the local region
+  (from the block boundary at or below `b − local` up to b, causal inside), so that its last query attends at most
+  sink + local + (block − 1) + selected blocks tokens, within the budget.
+Candidates are the whole blocks between the sinks and the local region. With `positions="bounded"` the sinks and
+retrieved keys are attended as if they sat `local` tokens before each query (queries and keys rotated to one
+relative angle, InfLLM's scheme); local keys keep their true positions. The `full` policy is the same code with
+every key in the local region, so it is exact attention.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv import policies
+from engine.kv.state import SequenceKVState
+from engine.kv.summaries import BlockSummaries
+from engine.layers.rotary import RotaryEmbedding, rotate_by
+
+
+@dataclass
+class RetrievalSlice:
+    """One sequence's tokens of a step, attended under its retrieval policy."""
+    q_start: int                  # first row in the flattened step
+    q_len: int
+    ctx_start: int                # tokens already cached before this step
+    slots: torch.Tensor           # cache slots of all ctx_start + q_len tokens
+    block_ids: torch.Tensor       # the sequence's block table
+    state: SequenceKVState
+
+
+@dataclass
+class RetrievalContext:
+    summaries: BlockSummaries
+    rotary: RotaryEmbedding
+    block_size: int
+
+
+def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, item: RetrievalSlice,
+                        layer: int, ctx: RetrievalContext, scale: float) -> torch.Tensor:
+    """q [T, H, D] (post-RoPE) for positions ctx_start.. -> attention output [T, H, D]."""
+    cfg, bs = item.state.config, ctx.block_size
+    summaries = ctx.summaries
+    summaries.received[layer][item.slots[item.ctx_start:]] = 0.0
+    sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
+    mean_k = cfg.blocks_per_layer(bs)
+    out = torch.empty_like(q)
+    for a in range(item.ctx_start, item.ctx_start + item.q_len, cfg.window):
+        b = min(a + cfg.window, item.ctx_start + item.q_len)
+        rows = slice(a - item.ctx_start, b - item.ctx_start)
+        local_start = a if cfg.policy == "full" else max(sink_end, (b - cfg.local) // bs * bs)
+        if cfg.policy == "full" or local_start <= sink_end:
+            local_start = 0
+        _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk)
+        positions = torch.arange(a, b, device=q.device)
+        qw = q[rows]
+        global_pos = positions[:0]
+        q_global = None
+        if local_start > sink_end:
+            first, last = sink_end // bs, local_start // bs
+            q_global = _one_angle(qw, positions, cfg.local, ctx.rotary)
+            chosen = _select(qw, q_global, item, layer, ctx, first, last, mean_k)      # [k] or [k, Hkv]
+            global_pos = torch.cat([_expand(torch.arange(sink_end, device=q.device), chosen),
+                                    _block_positions(chosen, bs)])
+        global_slots = item.slots[global_pos]
+        local_slots = item.slots[local_start:b]
+        out[rows] = _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat,
+                            v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded")
+        item.state.tokens_attended[layer] = global_slots.shape[0] + local_slots.shape[0]
+    return out
+
+
+def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int) -> torch.Tensor:
+    """Logical indices of the chosen candidate blocks (between `first` and `last`)."""
+    cfg, s = item.state.config, ctx.summaries
+    physical = item.block_ids[first:last]
+    if cfg.policy == "streaming":
+        chosen = physical[:0]
+    else:
+        if cfg.policy == "quest":
+            scores = policies.quest_scores(qw, s.kmin[layer][physical], s.kmax[layer][physical])
+        elif cfg.policy == "infllm":
+            scores = policies.infllm_scores(q_global, s.repr[layer][physical])
+        else:
+            scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer)
+        chosen = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
+    item.state.blocks_selected[layer] = chosen.shape[0]
+    return chosen + first
+
+
+def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Shared slots [S] as [S, Hkv] when the selection is per KV head."""
+    return slots if chosen.dim() == 1 else slots[:, None].expand(-1, chosen.shape[1])
+
+
+def _block_positions(chosen: torch.Tensor, bs: int) -> torch.Tensor:
+    """Token positions of the chosen logical blocks, in position order: [k·bs] or [k·bs, Hkv]."""
+    chosen = chosen.sort(dim=0).values
+    offsets = torch.arange(bs, device=chosen.device)
+    if chosen.dim() == 1:
+        return (chosen[:, None] * bs + offsets).flatten()
+    return (chosen[:, None, :] * bs + offsets[None, :, None]).flatten(0, 1)
+
+
+def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Keys or values at `slots` ([S] shared or [S, Hkv] per head) -> [S, Hkv, D]."""
+    if slots.dim() == 1:
+        return flat[slots]
+    return flat[slots, torch.arange(flat.shape[1], device=slots.device)]
+
+
+def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
+    """Queries moved from their positions to position `distance` (pre-RoPE keys then sit `distance` behind)."""
+    return rotate_by(q, distance - positions, rotary)
+
+
+def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat, v_flat, layer,
+            ctx, scale, bounded: bool) -> torch.Tensor:
+    """Softmax attention of window queries over [global keys | local keys]; records what local keys received."""
+    w, heads, dim = qw.shape
+    kv_heads = k_flat.shape[1]
+    keys_global = _gather(k_flat, global_slots).float()
+    keys_local = k_flat[local_slots].float()
+    q_for_global = qw
+    if bounded and q_global is not None:
+        keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
+        q_for_global = q_global
+    qg = q_for_global.float().view(w, kv_heads, heads // kv_heads, dim)
+    ql = qw.float().view(w, kv_heads, heads // kv_heads, dim)
+    scores = torch.cat([torch.einsum("wkgd,skd->kgws", qg, keys_global),
+                        torch.einsum("wkgd,skd->kgws", ql, keys_local)], dim=-1) * scale
+    key_pos_local = torch.arange(local_start, local_start + keys_local.shape[0], device=qw.device)
+    causal = key_pos_local[None, :] <= positions[:, None]                           # [w, L]
+    n_global = keys_global.shape[0]
+    mask = torch.cat([torch.ones(w, n_global, dtype=torch.bool, device=qw.device), causal], dim=1)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    ctx.summaries.received[layer].index_add_(0, local_slots, probs[..., n_global:].sum(dim=(1, 2)).T)
+    values = torch.cat([_gather(v_flat, global_slots), v_flat[local_slots]]).float()
+    out = torch.einsum("kgws,skd->wkgd", probs, values)
+    return out.reshape(w, heads, dim).to(qw.dtype)
+
+
+def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int):
+    """Summarise the sequence's blocks that have left the local region (logical blocks below `upto`)."""
+    done = item.state.finalized[layer]
+    if upto <= done:
+        return
+    bs = ctx.block_size
+    logical = torch.arange(done, upto, device=k_flat.device)
+    physical = item.block_ids[logical]
+    keys = k_flat.view(-1, bs, *k_flat.shape[1:])[physical]
+    ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk)
+    item.state.finalized[layer] = upto
