@@ -52,6 +52,13 @@ class SamplingFields(OpenAIModel):
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
+    # actserve extras: this request's KV retrieval (defaults: the server's --kv-* flags)
+    kv_policy: str | None = None
+    kv_budget: int | None = None
+    kv_positions: str | None = None
+
+    def kv_overrides(self) -> dict:
+        return {"policy": self.kv_policy, "budget": self.kv_budget, "positions": self.kv_positions}
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):

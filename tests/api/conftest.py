@@ -8,7 +8,8 @@ from apiutil import API_KEY, FAST_ENGINE, MODEL, ServerProcess
 def server(checkpoint):
     """One shared server: API key, served name, max_num_seqs 4 + 4 queued (some flags given as ACTSERVE_* env)."""
     proc = ServerProcess(checkpoint("llama"), "--api-key", API_KEY, "--served-model-name", MODEL, *FAST_ENGINE,
-                         env={"ACTSERVE_MAX_NUM_SEQS": "4", "ACTSERVE_MAX_QUEUED_REQUESTS": "4"})
+                         env={"ACTSERVE_MAX_NUM_SEQS": "4", "ACTSERVE_MAX_QUEUED_REQUESTS": "4",
+                              "ACTSERVE_KV_SINK": "16", "ACTSERVE_KV_LOCAL": "32", "ACTSERVE_KV_WINDOW": "32"})
     try:
         yield proc.wait_ready()
     finally:

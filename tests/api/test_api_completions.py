@@ -129,3 +129,20 @@ def test_streaming_order_and_usage(client, http):
     assert texts[0] == texts[1] == full.choices[0].text
     no_usage = list(client.completions.create(model=MODEL, prompt="x", max_tokens=2, stream=True))
     assert all(c.usage is None for c in no_usage)
+
+
+def test_per_request_kv_policy(client, http):
+    """kv_policy / kv_budget / kv_positions select this request's KV retrieval; a long prompt runs under it."""
+    prompt = list(range(5, 5 + MAX_MODEL_LEN - 40))
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    wide = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True, "kv_policy": "actqkv", "kv_budget": 100000})
+    assert wide.choices[0].text == full.choices[0].text
+    for policy in ("streaming", "infllm", "quest"):
+        out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                        extra_body={"ignore_eos": True, "kv_policy": policy, "kv_budget": 160,
+                                                    "kv_positions": "bounded"})
+        assert out.usage.completion_tokens == 4
+    bad = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "kv_policy": "magic"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "kv_policy"
