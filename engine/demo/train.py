@@ -28,10 +28,11 @@ from engine.models.model_config import ModelConfig
 
 FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
             num_key_value_heads=4, memory_heads=1, memory_num_keys=32, memory_key_dim=64, memory_value_dim=64,
-            memory_pre_value_dim=64, memory_topk=8, lengths=[128, 256, 512, 1024, 2048], tokens_per_step=8192)
+            memory_pre_value_dim=64, memory_topk=8, lengths=[128, 256, 512, 1024, 2048],
+            tokens_per_step=[2048, 2048, 4096, 8192, 8192])
 SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
-             memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=2048)
+             memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
 TASK_MIX = [("multikey", 0.45), ("passkey", 0.25), ("kv_retrieval", 0.15), ("filler", 0.15)]
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
 
@@ -174,7 +175,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             progress = record["step"] / args.steps if args.steps else elapsed / budget_s
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
-        ids, weights, answers, _ = batcher.batch(max_len, size["tokens_per_step"])
+        ids, weights, answers, _ = batcher.batch(max_len, size["tokens_per_step"][stage])
         loss, acc = loss_and_accuracy(model, ids, weights, answers)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
