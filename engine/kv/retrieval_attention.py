@@ -106,7 +106,7 @@ def _block_positions(chosen: torch.Tensor, bs: int) -> torch.Tensor:
 def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Keys or values at `slots` ([S] shared or [S, Hkv] per head) -> [S, Hkv, D]."""
     if slots.dim() == 1:
-        return flat[slots]
+        return flat.index_select(0, slots)
     return flat[slots, torch.arange(flat.shape[1], device=slots.device)]
 
 
@@ -121,7 +121,7 @@ def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, loca
     w, heads, dim = qw.shape
     kv_heads = k_flat.shape[1]
     keys_global = _gather(k_flat, global_slots).float()
-    keys_local = k_flat[local_slots].float()
+    keys_local = k_flat.index_select(0, local_slots).float()
     q_for_global = qw
     if bounded and q_global is not None:
         keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
@@ -136,7 +136,7 @@ def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, loca
     mask = torch.cat([torch.ones(w, n_global, dtype=torch.bool, device=qw.device), causal], dim=1)
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     ctx.summaries.received[layer].index_add_(0, local_slots, probs[..., n_global:].sum(dim=(1, 2)).T)
-    values = torch.cat([_gather(v_flat, global_slots), v_flat[local_slots]]).float()
+    values = torch.cat([_gather(v_flat, global_slots), v_flat.index_select(0, local_slots)]).float()
     out = torch.einsum("kgws,skd->wkgd", probs, values)
     return out.reshape(w, heads, dim).to(qw.dtype)
 

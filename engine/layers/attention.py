@@ -77,7 +77,7 @@ class Attention(torch.nn.Module):
             if p.kv_slots is None:
                 keys, values = k[rows], v[rows]
             else:
-                keys, values = k_flat[p.kv_slots], v_flat[p.kv_slots]
+                keys, values = k_flat.index_select(0, p.kv_slots), v_flat.index_select(0, p.kv_slots)
             out[rows] = self._attend(q[rows].unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), p.mask)[0]
         for r in meta.retrieval:
             rows = slice(r.q_start, r.q_start + r.q_len)
@@ -85,8 +85,10 @@ class Attention(torch.nn.Module):
                                             self.scale)
         if meta.decode_rows.numel():
             qd = q[meta.decode_rows].unsqueeze(1)
-            out[meta.decode_rows] = self._attend(qd, k_flat[meta.decode_slots], v_flat[meta.decode_slots],
-                                                 meta.decode_mask)[:, 0]
+            slots = meta.decode_slots
+            keys = k_flat.index_select(0, slots.flatten()).view(*slots.shape, *k_flat.shape[1:])
+            values = v_flat.index_select(0, slots.flatten()).view(*slots.shape, *v_flat.shape[1:])
+            out[meta.decode_rows] = self._attend(qd, keys, values, meta.decode_mask)[:, 0]
         return self.o_proj(out.view(n, -1))
 
     def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
