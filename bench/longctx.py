@@ -1,10 +1,12 @@
-"""Long-context accuracy (and speed) on the synthetic tasks, per context length and needle depth.
+"""Long-context accuracy and speed per KV policy and budget, on the synthetic tasks.
 
-    python -m bench.longctx --lengths 512,1024,2048 --tasks passkey,multikey --samples 50 --json bench/results/longctx.json
+    python -m bench.longctx --tasks passkey,multikey --lengths 2048 --policies full,streaming,infllm,quest,actqkv \
+        --budgets 1024 --samples 50 --json bench/results/longctx.json --plot bench/results/longctx.png
 
-Fresh random instances (seeded by --seed, disjoint from the training seed), greedy decoding through the engine,
-accuracy per task and length with a breakdown by depth bucket (0-20%, ..., 80-100%). With --timing it also measures
-batch-1 prefill seconds and decode ms/token on one extra instance per (task, length).
+Fresh random instances (seeded by --seed, disjoint from the training seed) with needle depths spread evenly over
+five buckets, greedy decoding through the engine. Per (task, length, policy, budget): accuracy (and by depth
+bucket), batch-1 prefill seconds and decode ms/token on one instance, and the KV bytes resident per request.
+`full` ignores the budget. --long adds 64k to the default lengths.
 """
 import argparse
 import random
@@ -23,69 +25,114 @@ BUCKETS = 5
 def make_samples(tokenizer, task: str, length: int, n: int, seed: int):
     rng = random.Random(f"{seed}-{task}-{length}")
     count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-    # depths spread evenly over the buckets, so every bucket gets n / BUCKETS samples
     return [GENERATORS[task](rng, length, (i % BUCKETS + rng.random()) / BUCKETS, count) for i in range(n)]
 
 
-def evaluate(llm: LLM, samples, batch: int) -> list[float]:
+def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list]:
     scores = []
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         params = [SamplingParams(temperature=0, max_tokens=s.max_tokens) for s in chunk]
-        outs = llm.generate([s.prompt for s in chunk], params)
+        outs = llm.generate([s.prompt for s in chunk], params, kv=kv)
         scores += [score(s, o.outputs[0].text) for s, o in zip(chunk, outs)]
-    return scores
+        bar.update(len(chunk))
+    buckets = defaultdict(list)
+    for s, sc in zip(samples, scores):
+        buckets[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
+    return sum(scores) / len(scores), [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
 
 
-def timing(llm: LLM, sample) -> tuple[float, float]:
-    """Batch-1 prefill seconds and decode ms/token for one prompt."""
+def timing(llm: LLM, prompt: str, kv: dict) -> tuple[float, float]:
+    """Batch-1 prefill seconds and decode ms/token (16 tokens after the first)."""
     def run(n):
         start = time.perf_counter()
-        llm.generate([sample.prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+        llm.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), kv=kv)
         return time.perf_counter() - start
     prefill = run(1)
-    decode = (run(17) - prefill) / 16
-    return prefill, decode * 1e3
+    return prefill, (run(17) - prefill) / 16 * 1e3
+
+
+def resident_kv_bytes(llm: LLM, tokens: int) -> int:
+    """KV bytes one request keeps: on the CPU every block stays in RAM (one tier), whatever the policy."""
+    runner = llm.engine.runner
+    return -(-tokens // runner.block_size) * runner.bytes_per_block()
+
+
+def plot(rows: list[dict], path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for (task, policy, budget), group in _group(rows).items():
+        xs = [r["context_len"] for r in group]
+        label = f"{task} {policy}" + ("" if policy == "full" else f" {budget}")
+        acc_ax.plot(xs, [r["accuracy"] for r in group], marker="o", label=label)
+        if group[0].get("decode_ms_per_token") is not None:
+            time_ax.plot(xs, [r["decode_ms_per_token"] for r in group], marker="o", label=label)
+    for ax, title in ((acc_ax, "accuracy"), (time_ax, "decode ms/token")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context tokens")
+        ax.set_title(title)
+    acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _group(rows):
+    groups = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["context_len"]):
+        groups[(r["task"], r["policy"], r["budget"])].append(r)
+    return groups
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory (default: the bundled demo model)")
-    parser.add_argument("--tasks", default="passkey,multikey,kv_retrieval")
-    parser.add_argument("--lengths", default="512,1024,2048")
-    parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=8, help="requests submitted together")
+    parser.add_argument("--tasks", default="passkey,multikey,kv_retrieval,variable_tracking,common_words")
+    parser.add_argument("--lengths", default="2048,4096,8192,16384,32768")
+    parser.add_argument("--long", action="store_true", help="also 65536")
+    parser.add_argument("--policies", default="full,streaming,infllm,quest,actqkv")
+    parser.add_argument("--budgets", default="1024,2048,4096")
+    parser.add_argument("--positions", default="original")
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=4, help="requests submitted together")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--plot")
     args = parser.parse_args(argv)
-    tasks, lengths = args.tasks.split(","), [int(x) for x in args.lengths.split(",")]
-    llm = LLM(args.model, max_model_len=max(lengths) + 256, max_num_batched_tokens=2048)
+    tasks, policies = args.tasks.split(","), args.policies.split(",")
+    lengths = [int(x) for x in args.lengths.split(",")] + ([65536] if args.long else [])
+    budgets = [int(x) for x in args.budgets.split(",")]
+    runs = [(p, b) for p in policies for b in ([budgets[0]] if p == "full" else budgets)]
+    llm = LLM(args.model, max_model_len=max(lengths) + 256, max_num_batched_tokens=2048,
+              kv_cache_memory="4GiB")
     tok = llm.get_tokenizer()
     rows = []
-    with tqdm(total=len(tasks) * len(lengths) * args.samples, desc="longctx") as bar:
+    with tqdm(total=len(tasks) * len(lengths) * len(runs) * args.samples, desc="longctx") as bar:
         for task in tasks:
             for length in lengths:
                 samples = make_samples(tok, task, length, args.samples, args.seed)
-                scores = []
-                for start in range(0, len(samples), args.batch):
-                    scores += evaluate(llm, samples[start:start + args.batch], args.batch)
-                    bar.update(min(args.batch, len(samples) - start))
-                by_bucket = defaultdict(list)
-                for s, sc in zip(samples, scores):
-                    by_bucket[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
-                row = {"task": task, "context_len": length, "policy": "full", "n": len(scores),
-                       "accuracy": sum(scores) / len(scores),
-                       "by_depth": [sum(v) / len(v) if v else None for _, v in sorted(by_bucket.items())]}
-                if args.timing:
-                    row["prefill_s"], row["decode_ms_per_token"] = timing(llm, samples[0])
-                rows.append(row)
-    print("| task | context | n | accuracy | by depth (0-20% … 80-100%) |")
-    print("|---|---|---|---|---|")
+                for policy, budget in runs:
+                    kv = {"policy": policy, "budget": budget, "positions": args.positions}
+                    acc, by_depth = accuracy(llm, samples, kv, args.batch, bar)
+                    row = {"task": task, "context_len": length, "policy": policy,
+                           "budget": None if policy == "full" else budget, "positions": args.positions,
+                           "accuracy": acc, "n": len(samples), "by_depth": by_depth,
+                           "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
+                    row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
+                        timing(llm, samples[0].prompt, kv)
+                    rows.append(row)
+    print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | prefill s | decode ms/tok |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         depths = ", ".join("–" if d is None else f"{d:.2f}" for d in r["by_depth"])
-        print(f"| {r['task']} | {r['context_len']} | {r['n']} | {r['accuracy']:.3f} | {depths} |")
+        timing_cells = "– | –" if r["prefill_s"] is None else f"{r['prefill_s']:.2f} | {r['decode_ms_per_token']:.1f}"
+        print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | {r['accuracy']:.3f} | "
+              f"{depths} | {timing_cells} |")
     write_json(args.json, {"machine": machine(), "args": vars(args), "results": rows})
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":
