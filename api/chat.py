@@ -6,7 +6,8 @@ import uuid
 from fastapi import APIRouter, Request
 
 from api.errors import APIError, from_exception
-from api.generation import EngineRun, RunStreamingResponse, log_ignored_fields, sse, sse_stream, until_disconnect
+from api.generation import (EngineRun, RunStreamingResponse, final_outputs, log_ignored_fields,
+                            sse, sse_stream, until_disconnect)
 from api.logprobs import chat_logprobs
 from api.protocol import ChatCompletionRequest, ChatMessage
 from api.sampling import to_sampling_params, usage
@@ -82,16 +83,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request):
         return RunStreamingResponse(sse_stream(run, ctx.stream(run)), run)
 
     async def complete():
-        try:
-            await run.start()
-            final = None
-            async for _, out in run.outputs():
-                final = out
-            return ctx.response(final)
-        except Exception as exc:
-            raise from_exception(exc) from exc
-        finally:
-            await run.close()
+        return ctx.response((await final_outputs(run))[0])
     return await until_disconnect(raw, complete())
 
 

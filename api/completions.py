@@ -6,7 +6,8 @@ import uuid
 from fastapi import APIRouter, Request
 
 from api.errors import APIError, from_exception
-from api.generation import EngineRun, RunStreamingResponse, log_ignored_fields, sse, sse_stream, until_disconnect
+from api.generation import (EngineRun, RunStreamingResponse, final_outputs, log_ignored_fields,
+                            sse, sse_stream, until_disconnect)
 from api.logprobs import completion_logprobs
 from api.protocol import MAX_N, CompletionRequest
 from api.sampling import to_sampling_params, usage
@@ -75,16 +76,7 @@ async def create_completion(req: CompletionRequest, raw: Request):
         return RunStreamingResponse(sse_stream(run, ctx.stream(run)), run)
 
     async def complete():
-        try:
-            await run.start()
-            finals = {}
-            async for i, out in run.outputs():
-                finals[i] = out
-            return ctx.response([finals[i] for i in range(len(prompts))])
-        except Exception as exc:
-            raise from_exception(exc) from exc
-        finally:
-            await run.close()
+        return ctx.response(await final_outputs(run))
     return await until_disconnect(raw, complete())
 
 

@@ -155,6 +155,20 @@ async def until_disconnect(request: Request, work):
     return task.result()
 
 
+async def final_outputs(run: "EngineRun") -> list[RequestOutput]:
+    """Start `run`, wait for each prompt's final output (in prompt order) and close it; errors become API errors."""
+    try:
+        await run.start()
+        finals = {}
+        async for i, out in run.outputs():
+            finals[i] = out
+        return [finals[i] for i in range(len(run.prompts))]
+    except Exception as exc:
+        raise from_exception(exc) from exc
+    finally:
+        await run.close()
+
+
 def log_ignored_fields(req):
     """Unknown fields are accepted (OpenAI clients send many) and logged, as vLLM does."""
     extra = sorted(req.model_extra or {})
