@@ -55,3 +55,11 @@ def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
     assert c["step"] == 7
     wc = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert any((wa[name] != wc[name]).any() for name in wa)
+
+
+def test_resume_from_exported_checkpoint_without_optimizer_state(tmp_path):
+    first = train(tmp_path / "m", "--steps", "3")
+    os.remove(tmp_path / "m" / "train_state.pt")
+    again = train(tmp_path / "m", "--steps", "5", "--resume")
+    assert first["step"] == 3 and again["step"] == 5
+    assert again["curve"][:len(first["curve"])] == first["curve"]

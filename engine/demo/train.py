@@ -163,6 +163,15 @@ def main(argv=None):
         record = saved["record"]
         batcher.rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
+    elif args.resume and os.path.isfile(os.path.join(args.out, "training_record.json")):
+        # only the exported checkpoint is left (e.g. the bundled model): its weights, a fresh optimizer
+        from engine.models.loader import read_safetensors
+        weights = read_safetensors(args.out)
+        weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
+        model.load_state_dict({k: v.clone() for k, v in weights.items()})
+        with open(os.path.join(args.out, "training_record.json")) as f:
+            record = json.load(f)
+        batcher.rng.seed(f"{args.seed}-{record['step']}")
 
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
