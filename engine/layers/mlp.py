@@ -6,12 +6,29 @@ ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "gelu_pytorch_tan
 
 
 class GatedMLP(torch.nn.Module):
+    """down(act(gate(x)) * up(x)); under a sparse plan (set on the shared `sparsity` context by the model runner)
+    decode rows go through `engine.layers.sparse_mlp`."""
+
     def __init__(self, hidden: int, intermediate: int, act: str, bias: bool = False):
         super().__init__()
         self.gate_proj = torch.nn.Linear(hidden, intermediate, bias=bias)
         self.up_proj = torch.nn.Linear(hidden, intermediate, bias=bias)
         self.down_proj = torch.nn.Linear(intermediate, hidden, bias=bias)
         self.act = ACTIVATIONS[act]
+        self.sparsity = None       # a SparsityContext shared by the model's MLPs
+        self.layer_idx = 0
+        self._input_major: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.sparsity.plan if self.sparsity is not None else None
+        if plan is not None and plan.mode != "dense" and x.dim() == 2 and self.gate_proj.bias is None:
+            from engine.layers.sparse_mlp import sparse_forward
+            return sparse_forward(self, x, plan, self.layer_idx, self.sparsity)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+    def input_major(self, name: str) -> torch.Tensor:
+        """Wᵀ of projection `name` (one contiguous row per input channel) for the sparse kernels, made on first
+        use: relu/cats need only down's, teal also gate's and up's."""
+        if name not in self._input_major:
+            self._input_major[name] = getattr(self, name).weight.t().contiguous()
+        return self._input_major[name]

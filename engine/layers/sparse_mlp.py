@@ -1,0 +1,94 @@
+"""Sparse-MLP decoding: skip the weight rows whose activations are zero (ReLU) or below a calibrated threshold.
+
+Modes (per step, chosen by the model runner; prefill and large batches stay dense):
+- `relu`: exact. Rows i with relu(gate_i(x)) = 0 contribute nothing: `up` is computed only for active rows and
+  `down` reads only their columns.
+- `cats`: like relu on |silu(gate)| > t (CATS), with a calibrated per-layer t.
+- `teal`: inputs of gate/up and of down below calibrated per-layer thresholds are zeroed (TEAL); only the weight
+  rows of the surviving input channels are read.
+
+Kernels (CPU): a sum over input channels is `F.embedding_bag` over an input-major copy Wᵀ (one contiguous row per
+channel, never copied per step); output-side sparsity gathers contiguous rows with `F.embedding`. A batch of a few
+rows uses the union of their masks, each row keeping its own values, so results equal the masked dense computation.
+When the union is too dense to pay off, the same masked computation runs with dense kernels.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("dense", "relu", "teal", "cats")
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """What the MLPs of one step do: the mode and, for teal/cats, per-layer thresholds."""
+    mode: str
+    thresholds: list | None = None     # teal: [(t_in, t_down)] per layer; cats: [t] per layer
+    max_density: float = 0.6           # a union denser than this runs on dense kernels
+
+
+@dataclass
+class SparsityContext:
+    """Shared by every MLP of a model: the current step's plan and what the MLPs measured."""
+    plan: SparsePlan | None = None
+    zeros: dict = field(default_factory=dict)      # layer -> skipped activations
+    totals: dict = field(default_factory=dict)     # layer -> activations seen
+
+    def record(self, layer: int, skipped: int, total: int):
+        self.zeros[layer] = self.zeros.get(layer, 0) + skipped
+        self.totals[layer] = self.totals.get(layer, 0) + total
+
+    def achieved(self) -> list[float]:
+        return [self.zeros[k] / self.totals[k] for k in sorted(self.totals)]
+
+
+def parse_sparsity(spec: str | None) -> tuple[str, float | None]:
+    """"teal:0.5" -> ("teal", 0.5); "relu" -> ("relu", None); None or "" -> ("dense", None)."""
+    if not spec:
+        return "dense", None
+    mode, _, target = str(spec).partition(":")
+    if mode not in MODES:
+        raise ValueError(f"mlp_sparsity mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode in ("teal", "cats"):
+        if not target:
+            raise ValueError(f"mlp_sparsity {mode} needs a target, e.g. {mode}:0.5")
+        return mode, float(target)
+    return mode, None
+
+
+def input_sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor, max_density: float):
+    """y[b] = Σ_{i: mask[b, i]} x[b, i] · weight_t[i]  for x [B, in], weight_t [in, out] (input-major)."""
+    union = mask.any(0)
+    idx = union.nonzero().squeeze(1)
+    if idx.numel() > max_density * x.shape[1]:
+        return (x * mask) @ weight_t
+    weights = (x * mask)[:, idx]                                    # [B, k]
+    bags = idx.repeat(x.shape[0])
+    offsets = torch.arange(0, bags.numel(), idx.numel(), device=x.device)
+    return F.embedding_bag(bags, weight_t, offsets, mode="sum", per_sample_weights=weights.flatten())
+
+
+def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: SparsityContext) -> torch.Tensor:
+    """The MLP of rows x [B, hidden] under `plan` (equal to the dense MLP on the masked activations)."""
+    if plan.mode == "teal":
+        t_in, t_down = plan.thresholds[layer]
+        mask_in = x.abs() > t_in
+        gate = input_sparse_linear(x, mlp.input_major("gate_proj"), mask_in, plan.max_density)
+        up = input_sparse_linear(x, mlp.input_major("up_proj"), mask_in, plan.max_density)
+        h = mlp.act(gate) * up
+        mask_h = h.abs() > t_down
+        ctx.record(layer, int((~mask_in).sum() + (~mask_h).sum()), mask_in.numel() + mask_h.numel())
+        return input_sparse_linear(h, mlp.input_major("down_proj"), mask_h, plan.max_density)
+    gate = mlp.act(F.linear(x, mlp.gate_proj.weight))
+    mask = gate > 0 if plan.mode == "relu" else gate.abs() > plan.thresholds[layer]
+    ctx.record(layer, int((~mask).sum()), mask.numel())
+    idx = mask.any(0).nonzero().squeeze(1)
+    if idx.numel() > plan.max_density * gate.shape[1]:
+        h = gate * mask * F.linear(x, mlp.up_proj.weight)
+        return h @ mlp.input_major("down_proj")
+    up = x @ F.embedding(idx, mlp.up_proj.weight).T                 # [B, k]: only the active rows of W_up
+    h = (gate * mask)[:, idx] * up
+    bags = idx.repeat(x.shape[0])
+    offsets = torch.arange(0, bags.numel(), idx.numel(), device=x.device)
+    return F.embedding_bag(bags, mlp.input_major("down_proj"), offsets, mode="sum", per_sample_weights=h.flatten())
