@@ -77,7 +77,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request):
     except Exception as exc:
         raise from_exception(exc) from exc
     ctx = _Chat(state.model_name, f"chatcmpl-{uuid.uuid4().hex}", req, prompt)
-    run = EngineRun(state, [prompt], params, ctx.rid, req.kv_overrides())
+    run = EngineRun(state, [prompt], params, ctx.rid, req.kv_overrides(), req.mlp_sparsity)
     if req.stream:
         await run.start()
         return RunStreamingResponse(sse_stream(run, ctx.stream(run)), run)

@@ -19,6 +19,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from engine.calibrate import calibrate
+    path = calibrate(args.model, args.target, tokens=args.tokens, data=args.data, seed=args.seed)
+    print(f"wrote teal and cats thresholds for target {args.target:g} to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="actserve", description="A long-context LLM serving engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampling-seed", type=int, default=None)
     gen.add_argument("--stop", action="append")
     gen.set_defaults(func=cmd_generate)
+    cal = sub.add_parser("calibrate", help="sparse-MLP thresholds (teal, cats) for a target sparsity")
+    cal.add_argument("--model", required=True)
+    cal.add_argument("--target", type=float, required=True, help="fraction of activations to skip, e.g. 0.5")
+    cal.add_argument("--tokens", type=int, default=20000, help="calibration tokens (generated task text)")
+    cal.add_argument("--data", help="a text file of calibration passages separated by blank lines")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=cmd_calibrate)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
     add_server_arguments(serve)
     serve.set_defaults(func=cmd_serve)

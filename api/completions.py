@@ -70,7 +70,7 @@ async def create_completion(req: CompletionRequest, raw: Request):
         ctx.echo = _echo_texts(engine, req, prompts)
         return ctx.prompt_only()
     ctx.echo = _echo_texts(engine, req, prompts)
-    run = EngineRun(state, prompts, params, rid, req.kv_overrides())
+    run = EngineRun(state, prompts, params, rid, req.kv_overrides(), req.mlp_sparsity)
     if req.stream:
         await run.start()
         return RunStreamingResponse(sse_stream(run, ctx.stream(run)), run)

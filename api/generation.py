@@ -35,9 +35,9 @@ class Delta:
 
 class EngineRun:
     def __init__(self, state: AppState, prompts: list[list[int]], params: SamplingParams, request_id: str,
-                 kv: dict | None = None):
+                 kv: dict | None = None, mlp_sparsity: str | None = None):
         self.state, self.prompts, self.params, self.request_id = state, prompts, params, request_id
-        self.kv = kv
+        self.kv, self.mlp_sparsity = kv, mlp_sparsity
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: list[asyncio.Task] = []
         self.admitted = False
@@ -49,8 +49,8 @@ class EngineRun:
         self.state.admission.acquire(len(self.prompts))
         self.admitted = True
         try:
-            gens = [engine.generate(p, self.params, f"{self.request_id}-{i}", kv=self.kv)
-                    for i, p in enumerate(self.prompts)]
+            gens = [engine.generate(p, self.params, f"{self.request_id}-{i}", kv=self.kv,
+                                    mlp_sparsity=self.mlp_sparsity) for i, p in enumerate(self.prompts)]
             firsts = [asyncio.ensure_future(g.__anext__()) for g in gens]
             await asyncio.sleep(0)  # each generator validates synchronously on its first step
             for first in firsts:

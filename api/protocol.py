@@ -56,6 +56,7 @@ class SamplingFields(OpenAIModel):
     kv_policy: str | None = None
     kv_budget: int | None = None
     kv_positions: str | None = None
+    mlp_sparsity: str | None = None   # dense | relu | teal:TARGET | cats:TARGET
 
     def kv_overrides(self) -> dict:
         return {"policy": self.kv_policy, "budget": self.kv_budget, "positions": self.kv_positions}

@@ -68,19 +68,20 @@ class AsyncLLM:
         return self.dead_error is None and self._thread.is_alive()
 
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
-                       kv: dict | None = None) -> AsyncIterator[RequestOutput]:
+                       kv: dict | None = None, mlp_sparsity: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yield the request's cumulative output after every step that moves it, the last one `finished`.
 
         Validation errors (`SamplingParamsError`) are raised before the first yield. Cancelling the iterator
         (a client disconnect) aborts the request and frees its KV blocks at the next step. `kv` overrides the
-        engine's KV retrieval settings for this request ({"policy": ..., "budget": ..., "positions": ...}).
+        engine's KV retrieval settings for this request ({"policy": ..., "budget": ..., "positions": ...}) and
+        `mlp_sparsity` its MLP sparsity ("relu", "teal:0.5", ...).
         """
         if not self.is_healthy:
             raise EngineDeadError(f"the engine has stopped: {self.dead_error}")
         with self._lock:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
-            request = self.engine.make_request(request_id, prompt, params, time.monotonic(), kv)
+            request = self.engine.make_request(request_id, prompt, params, time.monotonic(), kv, mlp_sparsity)
             stream = _Stream(asyncio.get_running_loop())
             self._streams[request_id] = stream
         self._commands.put(("add", request))

@@ -32,6 +32,9 @@ _HELP = {
     "kv_cutoff": "actqkv: entropy | top_p",
     "kv_top_p": "actqkv: softmax mass kept by the top_p cut-off",
     "kv_warmup": "actqkv: query tokens of uniform probe weights before the activation bias",
+    "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
+    "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
+    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used",
 }
 
 

@@ -43,6 +43,9 @@ class EngineConfig:
     kv_cutoff: str = "entropy"                # actqkv: entropy | top_p
     kv_top_p: float = 0.9                     # actqkv: mass kept by the top_p cut-off
     kv_warmup: int = 256                      # actqkv: query tokens before the activation bias weights the probe
+    mlp_sparsity: str = "dense"               # dense | relu | teal:TARGET | cats:TARGET (calibrated)
+    mlp_sparse_max_batch: int = 4             # decode steps with more sequences run the MLPs dense
+    mlp_sparse_max_density: float = 0.6       # a union of active rows denser than this uses dense kernels
 
     def __post_init__(self):
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

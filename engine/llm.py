@@ -23,9 +23,11 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False, kv: dict | None = None) -> list[RequestOutput]:
+                 use_tqdm: bool = False, kv: dict | None = None,
+                 mlp_sparsity: str | None = None) -> list[RequestOutput]:
         """Generate for each prompt (a string or a list of token ids); outputs come back in prompt order.
-        `kv` overrides the engine's KV retrieval settings for these requests, e.g. {"policy": "actqkv"}."""
+        `kv` overrides the engine's KV retrieval settings for these requests, e.g. {"policy": "actqkv"}, and
+        `mlp_sparsity` their MLP sparsity, e.g. "relu" or "teal:0.5"."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()
@@ -36,7 +38,7 @@ class LLM:
         try:
             for prompt, p in zip(prompts, params):
                 order.append(str(next(self._ids)))
-                self.engine.add_request(order[-1], prompt, p, kv=kv)
+                self.engine.add_request(order[-1], prompt, p, kv=kv, mlp_sparsity=mlp_sparsity)
         except Exception:
             for rid in order:
                 self.engine.abort_request(rid)

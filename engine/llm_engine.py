@@ -49,6 +49,7 @@ class LLMEngine:
                 f"raise --kv-cache-memory or lower --max-model-len")
         log.info("KV cache: %d tokens, max concurrency %.2fx for %d-token requests",
                  pool_tokens, pool_tokens / self.max_model_len, self.max_model_len)
+        self.runner.check_sparsity(config.mlp_sparsity)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = self._eos_token_ids()
@@ -70,18 +71,22 @@ class LLMEngine:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None, kv: dict | None = None) -> Request:
+                    arrival_time: float | None = None, kv: dict | None = None,
+                    mlp_sparsity: str | None = None) -> Request:
         """Validate and queue a request; raise `SamplingParamsError` (naming the parameter) if it cannot run.
-        `kv` overrides the engine's KV retrieval settings for this request (e.g. {"policy": "actqkv"})."""
+        `kv` overrides the engine's KV retrieval settings for this request (e.g. {"policy": "actqkv"}) and
+        `mlp_sparsity` its MLP sparsity (e.g. "teal:0.5")."""
         if request_id in self.requests:
             raise SamplingParamsError("request_id", f"request id {request_id!r} is already in use")
-        request = self.make_request(request_id, prompt, params, arrival_time, kv)
+        request = self.make_request(request_id, prompt, params, arrival_time, kv, mlp_sparsity)
         self.enqueue(request)
         return request
 
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                     arrival_time: float | None = None, kv: dict | None = None) -> Request:
+                     arrival_time: float | None = None, kv: dict | None = None,
+                     mlp_sparsity: str | None = None) -> Request:
         """Tokenize and validate without touching the queues (safe to call from another thread)."""
+        sparsity = self.runner.check_sparsity(mlp_sparsity or self.config.mlp_sparsity)
         try:
             kv_config = self.config.kv_config(**(kv or {}))
         except TypeError as exc:
@@ -100,7 +105,7 @@ class LLMEngine:
         if len(ids) + params.max_tokens > self.max_model_len or room <= 0:
             raise ContextLengthError("input_tokens",
                                      context_length_message(self.max_model_len, params.max_tokens, len(ids)))
-        return Request(request_id, text, ids, params, arrival_time, kv_config)
+        return Request(request_id, text, ids, params, arrival_time, kv_config, sparsity)
 
     def enqueue(self, request: Request):
         """Create the request's sequences and hand them to the scheduler."""

@@ -10,7 +10,11 @@ from engine.config import EngineConfig
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import BlockSummaries
+from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
+from engine.layers.mlp import GatedMLP
+from engine.layers.sparse_mlp import SparsePlan, SparsityContext, parse_sparsity
+from engine.sampling_params import SamplingParamsError
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig
 from engine.scheduler import ScheduledSeq
@@ -47,6 +51,11 @@ class ModelRunner:
         self.summaries = BlockSummaries(model_config.num_hidden_layers, self.num_blocks, self.block_size,
                                         model_config.num_key_value_heads, model_config.head_dim, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
+        self.sparsity = SparsityContext()
+        self.calibration = calibrate.load(config.model)
+        mlps = [m for m in self.model.modules() if isinstance(m, GatedMLP)]
+        for i, mlp in enumerate(mlps):
+            mlp.sparsity, mlp.layer_idx = self.sparsity, i
         cores = torch.get_num_threads()
         self.decode_threads = config.decode_threads or cores
         self.prefill_threads = config.prefill_threads or cores
@@ -65,8 +74,35 @@ class ModelRunner:
         has_prefill = any(s.num_new_tokens > 1 for s in batch)
         torch.set_num_threads(self.prefill_threads if has_prefill else self.decode_threads)
         input_ids, positions, meta, sample_rows = self._prepare(batch)
+        self.sparsity.plan = self._mlp_plan(batch)
         hidden = self.model(input_ids, positions, meta, self.kv_caches)
         return self.model.compute_logits(hidden if all_rows else hidden[sample_rows])
+
+    def check_sparsity(self, spec: str) -> tuple[str, float | None]:
+        """Parse and validate an MLP sparsity spec against this model; raise SamplingParamsError if unusable."""
+        try:
+            mode, target = parse_sparsity(spec)
+        except ValueError as exc:
+            raise SamplingParamsError("mlp_sparsity", str(exc)) from exc
+        if mode == "relu" and self.model_config.hidden_act != "relu":
+            raise SamplingParamsError("mlp_sparsity", "mlp_sparsity relu needs a model with ReLU MLPs.")
+        if mode in ("teal", "cats") and f"{target:g}" not in self.calibration.get(mode, {}):
+            raise SamplingParamsError("mlp_sparsity", f"{mode}:{target:g} is not calibrated for this model: run "
+                                      f"`actserve calibrate --model DIR --target {target:g}`.")
+        return mode, target
+
+    def _mlp_plan(self, batch: list[ScheduledSeq]) -> SparsePlan | None:
+        """Sparse MLPs only for decode-only steps of few sequences that all ask for the same sparsity."""
+        specs = {item.seq.request.mlp_sparsity for item in batch}
+        if len(specs) != 1 or len(batch) > self.config.mlp_sparse_max_batch:
+            return None
+        if any(item.num_new_tokens != 1 for item in batch):
+            return None
+        mode, target = specs.pop()
+        if mode == "dense":
+            return None
+        thresholds = self.calibration[mode][f"{target:g}"] if target is not None else None
+        return SparsePlan(mode, thresholds, self.config.mlp_sparse_max_density)
 
     def release(self, seq):
         """Forget a finished or aborted sequence's retrieval state."""

@@ -83,9 +83,10 @@ class Request:
     """What a client asked for: a prompt, sampling parameters and `n` sequences."""
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival_time: float | None = None, kv_config=None):
+                 arrival_time: float | None = None, kv_config=None, mlp_sparsity: tuple = ("dense", None)):
         self.request_id = request_id
         self.kv_config = kv_config  # engine.kv.KVConfig; None means plain full attention
+        self.mlp_sparsity = mlp_sparsity  # (mode, target) for this request's decode steps
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.params = params

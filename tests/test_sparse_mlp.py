@@ -76,3 +76,33 @@ def test_parse_sparsity():
     for bad in ("magic", "teal", "cats:"):
         with pytest.raises(ValueError):
             parse_sparsity(bad)
+
+
+def test_engine_relu_mode_generates_like_dense_and_calibrated_teal_hits_target(checkpoint, tmp_path):
+    import shutil
+
+    from engine import LLM, SamplingParams, SamplingParamsError
+    from engine.calibrate import calibrate, calibration_text, collect
+    from engine.models.random_checkpoint import make_random_checkpoint
+    path = make_random_checkpoint(str(tmp_path / "relu"), hidden_act="relu")
+    llm = LLM(path, max_model_len=256, num_kv_blocks=40, block_size=8)
+    prompts = ["The quick brown fox", "Numbers 0 1 2 3"]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    dense = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    relu = [o.outputs[0].token_ids for o in llm.generate(prompts, params, mlp_sparsity="relu")]
+    assert relu == dense
+    assert min(llm.engine.runner.sparsity.achieved()) > 0.2
+    with pytest.raises(SamplingParamsError) as err:
+        llm.generate(prompts, params, mlp_sparsity="teal:0.5")
+    assert err.value.param == "mlp_sparsity" and "calibrate" in str(err.value)
+
+    silu = shutil.copytree(checkpoint("llama"), tmp_path / "silu")
+    calibrate(str(silu), 0.5, tokens=3000, seed=1)
+    llm = LLM(str(silu), max_model_len=256, num_kv_blocks=40, block_size=8)
+    held_out = calibration_text(1500, seed=2, count_tokens=lambda t: len(llm.get_tokenizer().encode(t)))
+    llm.generate([llm.get_tokenizer().encode(t)[:200] for t in held_out[:2]],
+                 SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), mlp_sparsity="teal:0.5")
+    achieved = llm.engine.runner.sparsity.achieved()
+    assert all(abs(a - 0.5) <= 0.03 for a in achieved), achieved
+    with pytest.raises(SamplingParamsError):
+        llm.generate(prompts, params, mlp_sparsity="relu")
