@@ -2,7 +2,7 @@
 
 Unknown fields are accepted and ignored, as vLLM does (`extra="allow"`); non-finite floats are rejected.
 """
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,10 +53,10 @@ class SamplingFields(OpenAIModel):
     min_tokens: int = 0
     skip_special_tokens: bool = True
     # actserve extras: this request's KV retrieval (defaults: the server's --kv-* flags)
-    kv_policy: str | None = None
-    kv_budget: int | None = None
-    kv_positions: str | None = None
-    mlp_sparsity: str | None = None   # dense | relu | teal:TARGET | cats:TARGET
+    kv_policy: Literal["full", "streaming", "infllm", "quest", "actqkv"] | None = None
+    kv_budget: int | None = Field(None, ge=1)
+    kv_positions: Literal["original", "bounded"] | None = None
+    mlp_sparsity: str | None = Field(None, pattern=r"^(dense|relu|(teal|cats):[0-9.]+)$")
 
     def kv_overrides(self) -> dict:
         return {"policy": self.kv_policy, "budget": self.kv_budget, "positions": self.kv_positions}

@@ -25,7 +25,7 @@ def test_generated_requests_never_get_a_5xx(server):
                 failures.append((operation.label, case.body, response.status_code, response.text[:300]))
         check()
     assert not failures, failures
-    assert 200 in seen["POST /v1/completions"] and 200 in seen["POST /v1/chat/completions"]
+    assert 200 in seen["POST /v1/completions"] and 200 in seen["POST /v1/chat/completions"], seen
     assert httpx.get(server.url + "/health").status_code == 200
     m = wait_idle(server.url, timeout=120)
     assert m[("actserve:num_requests_running", ())] == 0 and m[("actserve:kv_cache_usage_perc", ())] == 0
