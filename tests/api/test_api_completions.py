@@ -146,3 +146,12 @@ def test_per_request_kv_policy(client, http):
         assert out.usage.completion_tokens == 4
     bad = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "kv_policy": "magic"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "kv_policy"
+
+
+def test_per_request_mlp_sparsity(client, http):
+    """mlp_sparsity is validated against the model: relu needs ReLU MLPs, teal/cats need a calibration."""
+    for spec in ("relu", "teal:0.5"):
+        bad = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "mlp_sparsity": spec})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "mlp_sparsity"
+    out = client.completions.create(model=MODEL, prompt="hello", max_tokens=3, extra_body={"mlp_sparsity": "dense"})
+    assert out.usage.completion_tokens >= 1
