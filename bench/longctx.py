@@ -42,14 +42,20 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list]
     return sum(scores) / len(scores), [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
 
 
-def timing(llm: LLM, prompt: str, kv: dict) -> tuple[float, float]:
-    """Batch-1 prefill seconds and decode ms/token (16 tokens after the first)."""
-    def run(n):
-        start = time.perf_counter()
-        llm.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), kv=kv)
-        return time.perf_counter() - start
-    prefill = run(1)
-    return prefill, (run(17) - prefill) / 16 * 1e3
+def timing(llm: LLM, prompt: str, kv: dict, tokens: int = 16) -> tuple[float, float]:
+    """Batch-1 prefill seconds (prompt to first token) and decode ms/token over the next `tokens` steps."""
+    engine = llm.engine
+    request = engine.add_request("timing", prompt, SamplingParams(temperature=0, max_tokens=tokens + 1,
+                                                                  ignore_eos=True), kv=kv)
+    seq = request.seqs[0]
+    start = time.perf_counter()
+    while seq.num_output_tokens < 1:
+        engine.step()
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+    return prefill, (time.perf_counter() - start) / tokens * 1e3
 
 
 def resident_kv_bytes(llm: LLM, tokens: int) -> int:

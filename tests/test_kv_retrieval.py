@@ -117,3 +117,18 @@ def test_budget_arithmetic():
     k = cfg.blocks_per_layer(32)
     assert cfg.sink_tokens(32) + cfg.local + 32 + k * 32 <= 2048 < cfg.sink_tokens(32) + cfg.local + 32 + (k + 1) * 32
     assert KVConfig(policy="streaming").blocks_per_layer(32) == 0
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_head):
+    from engine.kv.policies import actqkv_scores
+    torch.manual_seed(0)
+    q, reprs = torch.randn(1, 8, 16), torch.randn(30, 2, 16)   # 8 query heads over 2 KV heads
+    state = SequenceKVState(KVConfig(policy="actqkv", per_head=per_head), 1, q.device)
+    got = actqkv_scores(q, reprs, state, 0)
+    expanded = reprs.repeat_interleave(4, dim=1)                 # [N, 8, 16]: each KV head's repr for its heads
+    if per_head:
+        expected = F.cosine_similarity(expanded.view(30, 2, 64), q[0].reshape(2, 64)[None], dim=-1)
+    else:
+        expected = F.cosine_similarity(expanded.flatten(1), q[0].flatten()[None], dim=-1)
+    assert (got - expected).abs().max() < 1e-5

@@ -1,7 +1,6 @@
 """Block scoring for the selection policies. Every policy keeps the sinks and the local window; these functions
 score the candidate blocks in between, one score per block shared by the heads (or per KV head for ActQKV)."""
 import torch
-import torch.nn.functional as F
 
 from engine.kv import actqkv
 from engine.kv.config import KVConfig
@@ -30,11 +29,16 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
     w, heads, dim = q_global.shape
     kv_heads = reprs.shape[1]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
-    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, heads // kv_heads, dim)
-    expanded = reprs.unsqueeze(2).expand(-1, -1, heads // kv_heads, -1)     # [N, Hkv, g, D]
+    group = heads // kv_heads
+    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, group, dim)
+    # cosine against each representative repeated over its query-head group, without materialising the repeat:
+    # <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv>,  |rep(r)|² = g·Σ_kv |r_kv|²
+    dots = torch.einsum("kd,nkd->nk", probe.sum(1), reprs)                   # [N, Hkv]
+    rep_sq = reprs.pow(2).sum(-1) * group                                    # [N, Hkv]
+    probe_sq = probe.pow(2).sum(dim=(1, 2))                                  # [Hkv]
     if state.config.per_head:
-        return F.cosine_similarity(expanded.flatten(2), probe.flatten(1).unsqueeze(0), dim=-1)
-    return F.cosine_similarity(expanded.flatten(1), probe.flatten().unsqueeze(0), dim=-1)
+        return dots / (rep_sq.sqrt() * probe_sq.sqrt()).clamp(min=1e-8)
+    return dots.sum(1) / (rep_sq.sum(1).sqrt() * probe_sq.sum().sqrt()).clamp(min=1e-8)
 
 
 def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState, layer: int,

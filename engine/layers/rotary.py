@@ -88,7 +88,10 @@ class RotaryEmbedding(torch.nn.Module):
         """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,)."""
         max_pos = int(positions.max()) if positions.numel() else 0
         if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
-            self._build(max(max_pos + 1, self.cos.shape[0]), positions.device)
+            size = self.cos.shape[0]
+            while size <= max_pos:
+                size *= 2  # grow geometrically: one rebuild per doubling of the context, not one per step
+            self._build(size, positions.device)
         return self.cos[positions], self.sin[positions]
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
