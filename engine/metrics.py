@@ -62,8 +62,19 @@ class EngineMetrics:
                                     REQUEST_LATENCY_BUCKETS)
         self.iteration_tokens = histogram("iteration_tokens_total", "Tokens processed per engine step.",
                                           ITERATION_TOKEN_BUCKETS)
+        layered = ["model_name", "layer"]
+        self.kv_tokens_attended = Gauge("actserve:kv_tokens_attended", "KV tokens the last query attended, per layer "
+                                        "(mean over sequences under a selection policy).", layered,
+                                        registry=self.registry)
+        self.kv_blocks_selected = Gauge("actserve:kv_blocks_selected", "Blocks retrieved for the last query, per layer "
+                                        "(mean over sequences under a selection policy).", layered,
+                                        registry=self.registry)
+        self.mlp_active = Gauge("actserve:mlp_active_fraction", "Fraction of MLP activations computed by sparse "
+                                "decode steps, per layer (since start).", layered, registry=self.registry)
+        self.memory_rows = counter("memory_rows_read", "Memory-layer value rows read.")
         self._requests: dict[str, _RequestState] = {}
         self._preemptions_seen = 0
+        self._memory_rows_seen = 0
 
     def on_step(self, engine, outputs, step_seconds):
         """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
@@ -79,6 +90,23 @@ class EngineMetrics:
         if scheduler.num_preemptions > self._preemptions_seen:
             self.preemptions.inc(scheduler.num_preemptions - self._preemptions_seen)
             self._preemptions_seen = scheduler.num_preemptions
+        if step_seconds is not None:
+            self._technique_metrics(engine.runner)
+
+    def _technique_metrics(self, runner):
+        states = list(runner.kv_states.values())
+        if states:
+            for layer in range(len(states[0].tokens_attended)):
+                name = (self.model_name, str(layer))
+                self.kv_tokens_attended.labels(*name).set(sum(s.tokens_attended[layer] for s in states) / len(states))
+                self.kv_blocks_selected.labels(*name).set(sum(s.blocks_selected[layer] for s in states) / len(states))
+        for layer, skipped in enumerate(runner.sparsity.achieved()):
+            self.mlp_active.labels(self.model_name, str(layer)).set(1.0 - skipped)
+        memories = getattr(runner.model, "memory_layers", lambda: [])()
+        rows = sum(m.rows_read for m in memories)
+        if rows > self._memory_rows_seen:
+            self.memory_rows.inc(rows - self._memory_rows_seen)
+            self._memory_rows_seen = rows
 
     def _on_output(self, out, now: float):
         state = self._requests.get(out.request_id)

@@ -81,3 +81,16 @@ def test_disconnect_aborts_running_and_waiting_requests(server):
     (aborts,) = deltas(before, after, ("actserve:request_success_total", {"finished_reason": "abort"}))
     assert aborts == 5
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_retrieval_metrics_report_tokens_attended_per_layer(client, server):
+    """A long prompt under kv_policy=quest with a small budget: the per-layer gauges show the budget at work."""
+    prompt = list(range(5, 5 + 200))
+    client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                              extra_body={"ignore_eos": True, "kv_policy": "quest", "kv_budget": 96})
+    m = scrape(server.url)
+    attended = [v for (name, labels), v in m.items() if name == "actserve:kv_tokens_attended"]
+    blocks = [v for (name, labels), v in m.items() if name == "actserve:kv_blocks_selected"]
+    assert attended and all(0 < v <= 96 for v in attended), attended
+    assert blocks and all(v >= 1 for v in blocks)
+    assert ("actserve:memory_rows_read_total", ()) in m
