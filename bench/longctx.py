@@ -28,18 +28,48 @@ def make_samples(tokenizer, task: str, length: int, n: int, seed: int):
     return [GENERATORS[task](rng, length, (i % BUCKETS + rng.random()) / BUCKETS, count) for i in range(n)]
 
 
-def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list]:
-    scores = []
+def needle_block(tokenizer, prompt_ids: list[int], reference: str, block_size: int) -> int | None:
+    """Logical KV block holding the first occurrence of the answer in the prompt (None if not found)."""
+    for text in (reference, " " + reference):
+        needle = tokenizer.encode(text, add_special_tokens=False)
+        for i in range(len(prompt_ids) - len(needle) + 1):
+            if prompt_ids[i:i + len(needle)] == needle:
+                return i // block_size
+    return None
+
+
+def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list]:
+    """Accuracy, accuracy by depth bucket, and needle-block recall per layer at the question (the last prefill
+    window: did that layer attend the block holding the answer?)."""
+    engine, tok = llm.engine, llm.get_tokenizer()
+    by_id, hits = {}, []
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        params = [SamplingParams(temperature=0, max_tokens=s.max_tokens) for s in chunk]
-        outs = llm.generate([s.prompt for s in chunk], params, kv=kv)
-        scores += [score(s, o.outputs[0].text) for s, o in zip(chunk, outs)]
-        bar.update(len(chunk))
+        requests = {f"acc-{start + i}": (s, engine.add_request(f"acc-{start + i}", s.prompt, SamplingParams(
+            temperature=0, max_tokens=s.max_tokens), kv={**kv, "trace": True})) for i, s in enumerate(chunk)}
+        recorded = set()
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            for rid, (sample, request) in requests.items():
+                seq = request.seqs[0]
+                state = engine.runner.kv_states.get(seq.seq_id)
+                if rid in recorded or seq.num_output_tokens < 1:
+                    continue
+                recorded.add(rid)
+                block = needle_block(tok, request.prompt_token_ids, sample.references[0], engine.config.block_size)
+                if state is not None and block is not None:
+                    hits.append([state.attends_block(layer, block, engine.config.block_size)
+                                 for layer in range(len(state.last_attended))])
+            for out in outputs:
+                if out.finished:
+                    by_id[out.request_id] = score(requests[out.request_id][0], out.outputs[0].text)
+                    bar.update(1)
+    scores = [by_id[f"acc-{i}"] for i in range(len(samples))]
     buckets = defaultdict(list)
     for s, sc in zip(samples, scores):
         buckets[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
-    return sum(scores) / len(scores), [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
+    recall = [sum(h[layer] for h in hits) / len(hits) for layer in range(len(hits[0]))] if hits else []
+    return sum(scores) / len(scores), [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())], recall
 
 
 def timing(llm: LLM, prompt: str, kv: dict, tokens: int = 16) -> tuple[float, float]:
@@ -121,21 +151,23 @@ def main(argv=None):
                 samples = make_samples(tok, task, length, args.samples, args.seed)
                 for policy, budget in runs:
                     kv = {"policy": policy, "budget": budget, "positions": args.positions}
-                    acc, by_depth = accuracy(llm, samples, kv, args.batch, bar)
+                    acc, by_depth, recall = accuracy(llm, samples, kv, args.batch, bar)
                     row = {"task": task, "context_len": length, "policy": policy,
                            "budget": None if policy == "full" else budget, "positions": args.positions,
-                           "accuracy": acc, "n": len(samples), "by_depth": by_depth,
+                           "accuracy": acc, "n": len(samples), "by_depth": by_depth, "needle_recall_by_layer": recall,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
                         timing(llm, samples[0].prompt, kv)
                     rows.append(row)
-    print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | prefill s | decode ms/tok |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | needle recall by layer | "
+          "prefill s | decode ms/tok |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         depths = ", ".join("–" if d is None else f"{d:.2f}" for d in r["by_depth"])
         timing_cells = "– | –" if r["prefill_s"] is None else f"{r['prefill_s']:.2f} | {r['decode_ms_per_token']:.1f}"
+        recall = ", ".join(f"{x:.2f}" for x in r["needle_recall_by_layer"]) or "–"
         print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | {r['accuracy']:.3f} | "
-              f"{depths} | {timing_cells} |")
+              f"{depths} | {recall} | {timing_cells} |")
     write_json(args.json, {"machine": machine(), "args": vars(args), "results": rows})
     if args.plot:
         plot(rows, args.plot)

@@ -132,3 +132,18 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     else:
         expected = F.cosine_similarity(expanded.flatten(1), q[0].flatten()[None], dim=-1)
     assert (got - expected).abs().max() < 1e-5
+
+
+def test_trace_records_which_blocks_each_layer_attended(checkpoint):
+    llm = LLM(checkpoint("llama"), max_model_len=1024, num_kv_blocks=160, max_num_batched_tokens=256, **SMALL)
+    engine = llm.engine
+    request = engine.add_request("t", PROMPTS[0], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True),
+                                 kv={"policy": "streaming", "trace": True})
+    while request.seqs[0].num_output_tokens < 1:
+        engine.step()
+    state = engine.runner.kv_states[request.seqs[0].seq_id]
+    last_block = (len(PROMPTS[0]) - 1) // 16
+    for layer in range(2):
+        assert state.attends_block(layer, 0, 16)               # sink
+        assert state.attends_block(layer, last_block, 16)      # local
+        assert not state.attends_block(layer, 10, 16)          # streaming retrieves nothing in between

@@ -21,7 +21,7 @@ class KVConfig:
     cutoff: str = "entropy"       # actqkv: entropy | top_p
     top_p: float = 0.9            # actqkv with cutoff=top_p: softmax mass to keep
     warmup: int = 256             # actqkv: query tokens of uniform probe weights before the activation bias acts
-    question_weight: float = 4.0  # actqkv: weight of the question term while the question is known
+    trace: bool = False           # record which blocks each layer's last query attended (benchmarks: recall)
 
     def validate(self, block_size: int):
         def check(ok, param, message):

@@ -65,6 +65,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
                                     _block_positions(chosen, bs)])
         global_slots = item.slots[global_pos]
         local_slots = item.slots[local_start:b]
+        if cfg.trace:
+            chosen_blocks = set((global_pos[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
+            item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat,
                             v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded")
         item.state.tokens_attended[layer] = global_slots.shape[0] + local_slots.shape[0]

@@ -13,3 +13,9 @@ class SequenceKVState:
         self.density = torch.ones(num_layers, device=device)   # recent information density per layer
         self.tokens_attended = [0] * num_layers      # by the last query of the last step, per layer
         self.blocks_selected = [0] * num_layers
+        self.last_attended: list[tuple] = [((), 0, 0)] * num_layers  # (selected logical blocks, sink end, local start)
+
+    def attends_block(self, layer: int, block: int, block_size: int) -> bool:
+        """Whether the last query of `layer` attended logical block `block` (as sink, retrieved or local)."""
+        selected, sink_end, local_start = self.last_attended[layer]
+        return block * block_size < sink_end or (block + 1) * block_size > local_start or block in selected
