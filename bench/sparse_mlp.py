@@ -26,7 +26,7 @@ def mlp_time(llm: LLM, plan: SparsePlan | None, batch: int, repeats: int = 5) ->
     """Seconds for one pass through every layer's MLP on `batch` random rows (best of `repeats`)."""
     runner = llm.engine.runner
     mlps = [layer.mlp for layer in runner.model.model.layers]
-    x = torch.randn(batch, runner.model_config.hidden_size) * 0.5
+    x = torch.randn(batch, runner.model_config.hidden_size)  # RMS-normed hidden states: about unit scale
     torch.set_num_threads(runner.decode_threads)
     best = float("inf")
     with torch.inference_mode():
@@ -96,6 +96,7 @@ def measure(name: str, llm: LLM, specs: list[str], batches: list[int], bar, accu
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,tinyllama")
+    parser.add_argument("--demo-model", default=None, help="demo checkpoint directory (default: the bundled one)")
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--accuracy-samples", type=int, default=20)
@@ -107,7 +108,7 @@ def main(argv=None):
     rows = []
     with tqdm(total=len(batches) * (("demo" in models) + 2 * ("tinyllama" in models)), desc="sparse_mlp") as bar:
         if "demo" in models:
-            llm = LLM(max_model_len=1024)
+            llm = LLM(args.demo_model, max_model_len=1024)
             rows += measure("demo", llm, ["relu"], batches, bar, args.accuracy_samples)
             del llm
         if "tinyllama" in models:

@@ -57,16 +57,27 @@ def parse_sparsity(spec: str | None) -> tuple[str, float | None]:
     return mode, None
 
 
+def bag_sum(idx: torch.Tensor, weight_t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """y[b] = Σ_j weights[b, j] · weight_t[idx[j]]: rows read once per batch row, never copied.
+
+    `embedding_bag` runs one bag per thread, so each row's indices are split into as many bags as threads and the
+    partial sums added (a single bag leaves all but one core idle).
+    """
+    rows, k = weights.shape
+    parts = max(1, min(torch.get_num_threads(), k))
+    size = -(-k // parts)
+    starts = torch.arange(0, k, size, device=idx.device)
+    offsets = (starts[None, :] + torch.arange(rows, device=idx.device)[:, None] * k).flatten()
+    out = F.embedding_bag(idx.repeat(rows), weight_t, offsets, mode="sum", per_sample_weights=weights.flatten())
+    return out.view(rows, starts.numel(), -1).sum(1)
+
+
 def input_sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor, max_density: float):
     """y[b] = Σ_{i: mask[b, i]} x[b, i] · weight_t[i]  for x [B, in], weight_t [in, out] (input-major)."""
-    union = mask.any(0)
-    idx = union.nonzero().squeeze(1)
-    if idx.numel() > max_density * x.shape[1]:
+    idx = mask.any(0).nonzero().squeeze(1)
+    if idx.numel() > max_density * x.shape[1] or idx.numel() == 0:
         return (x * mask) @ weight_t
-    weights = (x * mask)[:, idx]                                    # [B, k]
-    bags = idx.repeat(x.shape[0])
-    offsets = torch.arange(0, bags.numel(), idx.numel(), device=x.device)
-    return F.embedding_bag(bags, weight_t, offsets, mode="sum", per_sample_weights=weights.flatten())
+    return bag_sum(idx, weight_t, (x * mask)[:, idx])
 
 
 def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: SparsityContext) -> torch.Tensor:
@@ -84,11 +95,8 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
     mask = gate > 0 if plan.mode == "relu" else gate.abs() > plan.thresholds[layer]
     ctx.record(layer, int((~mask).sum()), mask.numel())
     idx = mask.any(0).nonzero().squeeze(1)
-    if idx.numel() > plan.max_density * gate.shape[1]:
+    if idx.numel() > plan.max_density * gate.shape[1] or idx.numel() == 0:
         h = gate * mask * F.linear(x, mlp.up_proj.weight)
         return h @ mlp.input_major("down_proj")
     up = x @ F.embedding(idx, mlp.up_proj.weight).T                 # [B, k]: only the active rows of W_up
-    h = (gate * mask)[:, idx] * up
-    bags = idx.repeat(x.shape[0])
-    offsets = torch.arange(0, bags.numel(), idx.numel(), device=x.device)
-    return F.embedding_bag(bags, mlp.input_major("down_proj"), offsets, mode="sum", per_sample_weights=h.flatten())
+    return bag_sum(idx, mlp.input_major("down_proj"), (gate * mask)[:, idx] * up)
