@@ -72,11 +72,13 @@ def bag_sum(idx: torch.Tensor, weight_t: torch.Tensor, weights: torch.Tensor) ->
     return out.view(rows, starts.numel(), -1).sum(1)
 
 
-def input_sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor, max_density: float):
-    """y[b] = Σ_{i: mask[b, i]} x[b, i] · weight_t[i]  for x [B, in], weight_t [in, out] (input-major)."""
+def input_sparse_linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor,
+                        max_density: float):
+    """y[b] = Σ_{i: mask[b, i]} x[b, i] · W[:, i]  for x [B, in], W [out, in] and its input-major copy Wᵀ.
+    A dense union runs `F.linear` on the masked input (the same kernel and layout as the dense model)."""
     idx = mask.any(0).nonzero().squeeze(1)
     if idx.numel() > max_density * x.shape[1] or idx.numel() == 0:
-        return (x * mask) @ weight_t
+        return F.linear(x * mask, weight)
     return bag_sum(idx, weight_t, (x * mask)[:, idx])
 
 
@@ -85,18 +87,17 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
     if plan.mode == "teal":
         t_in, t_down = plan.thresholds[layer]
         mask_in = x.abs() > t_in
-        gate = input_sparse_linear(x, mlp.input_major("gate_proj"), mask_in, plan.max_density)
-        up = input_sparse_linear(x, mlp.input_major("up_proj"), mask_in, plan.max_density)
+        gate = input_sparse_linear(x, mlp.gate_proj.weight, mlp.input_major("gate_proj"), mask_in, plan.max_density)
+        up = input_sparse_linear(x, mlp.up_proj.weight, mlp.input_major("up_proj"), mask_in, plan.max_density)
         h = mlp.act(gate) * up
         mask_h = h.abs() > t_down
         ctx.record(layer, int((~mask_in).sum() + (~mask_h).sum()), mask_in.numel() + mask_h.numel())
-        return input_sparse_linear(h, mlp.input_major("down_proj"), mask_h, plan.max_density)
+        return input_sparse_linear(h, mlp.down_proj.weight, mlp.input_major("down_proj"), mask_h, plan.max_density)
     gate = mlp.act(F.linear(x, mlp.gate_proj.weight))
     mask = gate > 0 if plan.mode == "relu" else gate.abs() > plan.thresholds[layer]
     ctx.record(layer, int((~mask).sum()), mask.numel())
     idx = mask.any(0).nonzero().squeeze(1)
     if idx.numel() > plan.max_density * gate.shape[1] or idx.numel() == 0:
-        h = gate * mask * F.linear(x, mlp.up_proj.weight)
-        return h @ mlp.input_major("down_proj")
+        return F.linear(gate * mask * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
     up = x @ F.embedding(idx, mlp.up_proj.weight).T                 # [B, k]: only the active rows of W_up
     return bag_sum(idx, mlp.input_major("down_proj"), (gate * mask)[:, idx] * up)
