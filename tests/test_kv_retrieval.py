@@ -147,3 +147,12 @@ def test_trace_records_which_blocks_each_layer_attended(checkpoint):
         assert state.attends_block(layer, 0, 16)               # sink
         assert state.attends_block(layer, last_block, 16)      # local
         assert not state.attends_block(layer, 10, 16)          # streaming retrieves nothing in between
+
+
+@pytest.mark.parametrize("positions", ["original", "bounded"])
+def test_actqkv_per_kv_head_selection_runs_within_budget(checkpoint, positions):
+    outs, llm = generate(checkpoint("llama"), PROMPTS[:1], n=5, kv_policy="actqkv", kv_per_head=True,
+                         kv_positions=positions, kv_cutoff="top_p")
+    assert len(outs[0]) == 5
+    with_shared, _ = generate(checkpoint("llama"), PROMPTS[:1], n=5, kv_policy="actqkv", kv_positions=positions)
+    assert len(with_shared[0]) == 5

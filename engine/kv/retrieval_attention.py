@@ -49,9 +49,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     for a in range(item.ctx_start, item.ctx_start + item.q_len, cfg.window):
         b = min(a + cfg.window, item.ctx_start + item.q_len)
         rows = slice(a - item.ctx_start, b - item.ctx_start)
-        local_start = a if cfg.policy == "full" else max(sink_end, (b - cfg.local) // bs * bs)
+        local_start = max(sink_end, (b - cfg.local) // bs * bs)
         if cfg.policy == "full" or local_start <= sink_end:
-            local_start = 0
+            local_start = 0  # every key is local: exact causal attention
         _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk)
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
