@@ -78,18 +78,25 @@ class Batcher:
         return ids, weights, answers, [r[0] for r in rows]
 
 
-def loss_and_accuracy(model, ids, weights, answers):
-    """Weighted next-token loss; logits are computed only where the loss weight is non-zero."""
+def loss_and_accuracy(model, ids, weights, answers, tasks=None):
+    """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
+    teacher-forced answer-token accuracy, overall and per task (when the rows' `tasks` are given)."""
     positions = torch.arange(ids.shape[1] - 1)
     hidden = model.model(ids[:, :-1], positions, None, [None] * len(model.model.layers))
     keep = weights[:, 1:] > 0
     logits = model.lm_head(hidden[keep])
     target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
     loss = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
+    per_task = {}
     with torch.no_grad():
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
-    return loss, acc
+        if tasks is not None:
+            row = torch.arange(ids.shape[0])[:, None].expand_as(keep)[keep]
+            for name in set(tasks) - {"filler"}:
+                rows = torch.tensor([t == name for t in tasks])[row] & ans
+                per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
+    return (loss, acc, per_task) if tasks is not None else (loss, acc)
 
 
 def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
@@ -184,8 +191,8 @@ def main(argv=None):
         for group in optimizer.param_groups:
             progress = record["step"] / args.steps if args.steps else elapsed / budget_s
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
-        ids, weights, answers, _ = batcher.batch(max_len, size["tokens_per_step"][stage])
-        loss, acc = loss_and_accuracy(model, ids, weights, answers)
+        ids, weights, answers, tasks = batcher.batch(max_len, size["tokens_per_step"][stage])
+        loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,9 +200,13 @@ def main(argv=None):
         record["step"] += 1
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         acc_ema = 0.95 * acc_ema + 0.05 * acc
+        task_ema = record.setdefault("task_acc_ema", {})
+        for name, value in per_task.items():
+            task_ema[name] = 0.95 * task_ema.get(name, value) + 0.05 * value
         if record["step"] % 10 == 0:
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
-                                    "answer_acc": round(acc_ema, 4), "max_len": max_len})
+                                    "answer_acc": round(acc_ema, 4), "max_len": max_len,
+                                    "task_acc": {k: round(v, 3) for k, v in record.get("task_acc_ema", {}).items()}})
         if acc_ema > args.advance_at and stage + 1 < len(size["lengths"]) and record["step"] > 50:
             record["stage"] += 1
             record["stages"].append({"step": record["step"], "elapsed_s": round(elapsed, 1),
