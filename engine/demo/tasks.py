@@ -31,6 +31,7 @@ class TaskSample:
     depth: float = 0.0
     context_len: int = 0
     max_tokens: int = 16
+    followups: list[tuple[str, str]] = field(default_factory=list)  # more (question, answer) pairs, for training
 
 
 def _fill(units: list[str], budget: int, count_tokens: CountTokens) -> int:
@@ -54,38 +55,48 @@ def _word_key(rng: random.Random) -> str:
     return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
 
 
-def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
-    """RULER niah_multikey_2, one query: the haystack is made of needles with other keys."""
+def _multikey_question(key: str) -> str:
+    return (f"\nWhat is the special magic number for {key} mentioned in the provided text? "
+            f"The special magic number for {key} mentioned in the provided text is")
+
+
+def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
+             followups: int = 0) -> TaskSample:
+    """RULER niah_multikey_2, one query: the haystack is made of needles with other keys. With `followups`, the
+    sample also carries that many questions about other needles (multi-query training)."""
     query = _word_key(rng)
-    question = (f"\nWhat is the special magic number for {query} mentioned in the provided text? "
-                f"The special magic number for {query} mentioned in the provided text is")
+    question = _multikey_question(query)
     value = str(rng.randint(10**6, 10**7 - 1))
     target = f"One of the special magic numbers for {query} is: {value}.\n"
     budget = length - count_tokens(MULTIKEY_TASK + target + question)
-    keys, needles, used = {query}, [], 0
+    keys, needles, pairs, used = {query}, [], [], 0
     while True:
         key = _word_key(rng)
         if key in keys:
             continue
-        needle = f"One of the special magic numbers for {key} is: {rng.randint(10**6, 10**7 - 1)}.\n"
+        other = str(rng.randint(10**6, 10**7 - 1))
+        needle = f"One of the special magic numbers for {key} is: {other}.\n"
         cost = count_tokens(needle)
         if used + cost > budget:
             break
         keys.add(key)
         needles.append(needle)
+        pairs.append((key, other))
         used += cost
     at = round(len(needles) * depth)
     needles.insert(at, target)
     prompt = MULTIKEY_TASK + "".join(needles).rstrip("\n") + question
-    return TaskSample("multikey", prompt, f" {value}.", [value], depth, length, max_tokens=12)
+    extra = [(_multikey_question(k), f" {v}.") for k, v in rng.sample(pairs, min(followups, len(pairs)))]
+    return TaskSample("multikey", prompt, f" {value}.", [value], depth, length, max_tokens=12, followups=extra)
 
 
 def _short_id(rng: random.Random, n: int = 6) -> str:
     return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(n))
 
 
-def kv_retrieval(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
-    """InfiniteBench kv_retrieval with 6-character keys and values."""
+def kv_retrieval(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
+                 followups: int = 0) -> TaskSample:
+    """InfiniteBench kv_retrieval with 6-character keys and values (`followups`: more questions, as in multikey)."""
     head = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{"
     pair_cost = count_tokens('"abc123": "def456", ')
     n = max(2, (length - count_tokens(head) - 30) // pair_cost)
@@ -94,7 +105,9 @@ def kv_retrieval(rng: random.Random, length: int, depth: float, count_tokens: Co
     key, value = pairs[at]
     body = ", ".join(f'"{k}": "{v}"' for k, v in pairs)
     prompt = f'{head}{body}}}\nKey: "{key}"\nThe value associated with the specified key is:'
-    return TaskSample("kv_retrieval", prompt, f' "{value}"', [value], depth, length, max_tokens=12)
+    extra = [(f'\nKey: "{k}"\nThe value associated with the specified key is:', f' "{v}"')
+             for k, v in rng.sample(pairs, min(followups, len(pairs)))]
+    return TaskSample("kv_retrieval", prompt, f' "{value}"', [value], depth, length, max_tokens=12, followups=extra)
 
 
 def variable_tracking(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,

@@ -34,6 +34,8 @@ SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_l
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
              memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
 TASK_MIX = [("multikey", 0.45), ("passkey", 0.25), ("kv_retrieval", 0.15), ("filler", 0.15)]
+FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
+FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
 
 
@@ -56,12 +58,18 @@ class Batcher:
         task = self.rng.choices([t for t, _ in TASK_MIX], [w for _, w in TASK_MIX])[0]
         if task == "filler":
             ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
-            return task, ids, [1.0] * len(ids), [False] * len(ids)
-        sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count)
-        prompt = self.tok.encode(sample.prompt)
-        answer = self.tok.encode(sample.answer, add_special_tokens=False) + [self.tok.eos_token_id]
-        ids = prompt + answer
-        is_answer = [False] * len(prompt) + [True] * len(answer)
+            return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
+        extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
+        sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
+        ids = self.tok.encode(sample.prompt)
+        is_answer = [False] * len(ids)
+        for question, answer in [(None, sample.answer)] + sample.followups:
+            q = self.tok.encode(question, add_special_tokens=False) if question else []
+            a = self.tok.encode(answer, add_special_tokens=False)
+            ids += q + a
+            is_answer += [False] * len(q) + [True] * len(a)
+        ids.append(self.tok.eos_token_id)
+        is_answer.append(True)
         return task, ids, [float(a) for a in is_answer], is_answer
 
     def batch(self, max_len: int, tokens: int):
@@ -130,7 +138,8 @@ def learning_rate(base: float, step: int, progress: float) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default 90; smoke 0.67)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training time of this run (default 90; smoke 0.67); the LR decays over its last 40%%")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in total")
     parser.add_argument("--smoke", action="store_true", help="a micro model for tests (40 seconds)")
     parser.add_argument("--resume", action="store_true")
@@ -182,14 +191,17 @@ def main(argv=None):
 
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
+    run_start_s, run_start_step = record["elapsed_s"], record["step"]
     acc_ema, loss_ema, last_save = record.get("acc_ema", 0.0), record.get("loss_ema"), time.monotonic()
-    bar = tqdm(total=int(budget_s), initial=int(record["elapsed_s"]), unit="s", desc="train")
+    bar = tqdm(total=int(budget_s), unit="s", desc="train")
     model.train()
-    while (elapsed := time.monotonic() - start) < budget_s and (args.steps is None or record["step"] < args.steps):
+    while ((elapsed := time.monotonic() - start) - run_start_s < budget_s
+           and (args.steps is None or record["step"] < args.steps)):
         stage = record["stage"]
         max_len = size["lengths"][stage]
         for group in optimizer.param_groups:
-            progress = record["step"] / args.steps if args.steps else elapsed / budget_s
+            progress = ((record["step"] - run_start_step) / max(1, args.steps - run_start_step) if args.steps
+                        else (elapsed - run_start_s) / budget_s)
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
         ids, weights, answers, tasks = batcher.batch(max_len, size["tokens_per_step"][stage])
         loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks)
@@ -214,7 +226,7 @@ def main(argv=None):
             acc_ema = 0.0
         record["elapsed_s"] = time.monotonic() - start
         record["acc_ema"], record["loss_ema"] = acc_ema, loss_ema
-        bar.n = int(record["elapsed_s"])
+        bar.n = int(record["elapsed_s"] - run_start_s)
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", len=max_len, step=record["step"])
         if time.monotonic() - last_save > 300:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,

@@ -19,6 +19,9 @@ from engine.kv.summaries import BlockSummaries
 from engine.layers.rotary import RotaryEmbedding, rotate_by
 
 
+REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
+
+
 @dataclass
 class RetrievalSlice:
     """One sequence's tokens of a step, attended under its retrieval policy."""
@@ -69,7 +72,8 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             chosen_blocks = set((global_pos[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat,
-                            v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded")
+                            v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
+                            record_received=cfg.policy in REPRESENTATIVE_POLICIES)
         item.state.tokens_attended[layer] = global_slots.shape[0] + local_slots.shape[0]
     return out
 
@@ -119,29 +123,60 @@ def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
 
 
 def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat, v_flat, layer,
-            ctx, scale, bounded: bool) -> torch.Tensor:
-    """Softmax attention of window queries over [global keys | local keys]; records what local keys received."""
+            ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
+    """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
+    their log-sum-exp: global keys, local keys before the window, and the window itself (causal)."""
     w, heads, dim = qw.shape
-    kv_heads = k_flat.shape[1]
-    keys_global = _gather(k_flat, global_slots).float()
+    a = int(positions[0])
     keys_local = k_flat.index_select(0, local_slots).float()
-    q_for_global = qw
-    if bounded and q_global is not None:
-        keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
-        q_for_global = q_global
-    qg = q_for_global.float().view(w, kv_heads, heads // kv_heads, dim)
-    ql = qw.float().view(w, kv_heads, heads // kv_heads, dim)
-    scores = torch.cat([torch.einsum("wkgd,skd->kgws", qg, keys_global),
-                        torch.einsum("wkgd,skd->kgws", ql, keys_local)], dim=-1) * scale
-    key_pos_local = torch.arange(local_start, local_start + keys_local.shape[0], device=qw.device)
-    causal = key_pos_local[None, :] <= positions[:, None]                           # [w, L]
-    n_global = keys_global.shape[0]
-    mask = torch.cat([torch.ones(w, n_global, dtype=torch.bool, device=qw.device), causal], dim=1)
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    ctx.summaries.received[layer].index_add_(0, local_slots, probs[..., n_global:].sum(dim=(1, 2)).T)
-    values = torch.cat([_gather(v_flat, global_slots), v_flat.index_select(0, local_slots)]).float()
-    out = torch.einsum("kgws,skd->wkgd", probs, values)
-    return out.reshape(w, heads, dim).to(qw.dtype)
+    values_local = v_flat.index_select(0, local_slots).float()
+    q_heads = qw.float().permute(1, 0, 2)[None]                                         # [1, H, w, D]
+    before = a - local_start
+    pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)]
+    if before > 0:
+        pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale))
+    if global_slots.shape[0]:
+        keys_global = _gather(k_flat, global_slots).float()
+        q_for_global = q_heads
+        if bounded and q_global is not None:
+            keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
+            q_for_global = q_global.float().permute(1, 0, 2)[None]
+        pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale))
+    lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
+    out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
+    if record_received:
+        _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale)
+    return out[0].permute(1, 0, 2).to(qw.dtype)
+
+
+def _flash(q, keys, values, scale: float, causal: bool = False):
+    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w])."""
+    group = q.shape[1] // keys.shape[1]
+
+    def heads(x):
+        return x.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, heads(keys), heads(values), 0.0, causal,
+                                                                          scale=scale)
+    scores = q @ heads(keys).transpose(-1, -2) * scale
+    if causal:
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+    lse = scores.logsumexp(-1)
+    return (scores - lse[..., None]).exp() @ heads(values), lse
+
+
+def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale):
+    """Add to each local key the attention probability it received from the window's queries (summed over the
+    queries and the query heads of its KV head): what picks the representative keys of a block."""
+    kv_heads = keys_local.shape[1]
+    group = q_heads.shape[1] // kv_heads
+    q = q_heads[0].reshape(kv_heads, group * q_heads.shape[2], -1)                      # [Hkv, g·w, D]
+    scores = torch.bmm(q, keys_local.permute(1, 2, 0)) * scale                         # [Hkv, g·w, L]
+    key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
+    visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)                # [g·w, L]
+    # clamped so that exp never produces denormals, which are ~10x slower on x86 (exp(-80) is still normal)
+    probs = (scores - lse[0].view(kv_heads, -1, 1)).clamp_(min=-80.0).exp_().masked_fill_(~visible, 0.0)
+    ctx.summaries.received[layer].index_add_(0, local_slots, probs.sum(1).T)
 
 
 def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int):
