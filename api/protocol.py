@@ -56,10 +56,12 @@ class SamplingFields(OpenAIModel):
     kv_policy: Literal["full", "streaming", "infllm", "quest", "actqkv"] | None = None
     kv_budget: int | None = Field(None, ge=1)
     kv_positions: Literal["original", "bounded"] | None = None
+    kv_question: str | None = Field(None, max_length=4096)   # ActQKV's question term: what the prompt is asked
     mlp_sparsity: str | None = Field(None, pattern=r"^(dense|relu|(teal|cats):[0-9.]+)$")
 
     def kv_overrides(self) -> dict:
-        return {"policy": self.kv_policy, "budget": self.kv_budget, "positions": self.kv_positions}
+        return {"policy": self.kv_policy, "budget": self.kv_budget, "positions": self.kv_positions,
+                "question": self.kv_question}
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):

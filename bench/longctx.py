@@ -6,7 +6,8 @@
 Fresh random instances (seeded by --seed, disjoint from the training seed) with needle depths spread evenly over
 five buckets, greedy decoding through the engine. Per (task, length, policy, budget): accuracy (and by depth
 bucket), batch-1 prefill seconds and decode ms/token on one instance, and the KV bytes resident per request.
-`full` ignores the budget. --long adds 64k to the default lengths.
+`full` ignores the budget. --long adds 64k to the default lengths. The policy `actqkv+question` is ActQKV with
+the task's question given (its question term).
 """
 import argparse
 import random
@@ -38,6 +39,13 @@ def needle_block(tokenizer, prompt_ids: list[int], reference: str, block_size: i
     return None
 
 
+def request_kv(kv: dict, sample, trace: bool = True) -> dict:
+    """A run's KV settings for one sample: the `actqkv+question` label is ActQKV given the sample's question."""
+    if kv["policy"] == "actqkv+question":
+        return {**kv, "policy": "actqkv", "question": sample.question, "trace": trace}
+    return {**kv, "trace": trace}
+
+
 def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list]:
     """Accuracy, accuracy by depth bucket, and needle-block recall per layer at the question (the last prefill
     window: did that layer attend the block holding the answer?)."""
@@ -46,7 +54,7 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         requests = {f"acc-{start + i}": (s, engine.add_request(f"acc-{start + i}", s.prompt, SamplingParams(
-            temperature=0, max_tokens=s.max_tokens), kv={**kv, "trace": True})) for i, s in enumerate(chunk)}
+            temperature=0, max_tokens=s.max_tokens), kv=request_kv(kv, s))) for i, s in enumerate(chunk)}
         recorded = set()
         while engine.has_unfinished_requests():
             outputs = engine.step()
@@ -157,7 +165,7 @@ def main(argv=None):
                            "accuracy": acc, "n": len(samples), "by_depth": by_depth, "needle_recall_by_layer": recall,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
-                        timing(llm, samples[0].prompt, kv)
+                        timing(llm, samples[0].prompt, request_kv(kv, samples[0], trace=False))
                     rows.append(row)
     print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | needle recall by layer | "
           "prefill s | decode ms/tok |")

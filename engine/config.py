@@ -43,6 +43,7 @@ class EngineConfig:
     kv_cutoff: str = "entropy"                # actqkv: entropy | top_p
     kv_top_p: float = 0.9                     # actqkv: mass kept by the top_p cut-off
     kv_warmup: int = 256                      # actqkv: query tokens before the activation bias weights the probe
+    kv_question_weight: float = 4.0           # actqkv: weight of the question term (requests with a kv question)
     mlp_sparsity: str = "dense"               # dense | relu | teal:TARGET | cats:TARGET (calibrated)
     mlp_sparse_max_batch: int = 4             # decode steps with more sequences run the MLPs dense
     mlp_sparse_max_density: float = 0.6       # a union of active rows denser than this uses dense kernels

@@ -74,7 +74,8 @@ class LLMEngine:
                     arrival_time: float | None = None, kv: dict | None = None,
                     mlp_sparsity: str | None = None) -> Request:
         """Validate and queue a request; raise `SamplingParamsError` (naming the parameter) if it cannot run.
-        `kv` overrides the engine's KV retrieval settings for this request (e.g. {"policy": "actqkv"}) and
+        `kv` overrides the engine's KV retrieval settings for this request (e.g. {"policy": "actqkv"}; "question": text
+        gives ActQKV's question term) and
         `mlp_sparsity` its MLP sparsity (e.g. "teal:0.5")."""
         if request_id in self.requests:
             raise SamplingParamsError("request_id", f"request id {request_id!r} is already in use")
@@ -87,8 +88,12 @@ class LLMEngine:
                      mlp_sparsity: str | None = None) -> Request:
         """Tokenize and validate without touching the queues (safe to call from another thread)."""
         sparsity = self.runner.check_sparsity(mlp_sparsity or self.config.mlp_sparsity)
+        kv = dict(kv or {})
+        question = kv.pop("question", None)
+        if question:
+            kv["question_ids"] = tuple(self.tokenizer.encode(question, add_special_tokens=False))
         try:
-            kv_config = self.config.kv_config(**(kv or {}))
+            kv_config = self.config.kv_config(**kv)
         except TypeError as exc:
             raise SamplingParamsError("kv", f"unknown KV retrieval option: {exc}") from exc
         kv_config.validate(self.config.block_size)

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from engine.config import EngineConfig
+from engine.kv.question import question_vectors
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import BlockSummaries
@@ -113,7 +114,10 @@ class ModelRunner:
         if kv is None or kv.policy == "full":
             return None
         if seq.num_computed_tokens == 0 or seq.seq_id not in self.kv_states:  # new, or recomputed after preemption
-            self.kv_states[seq.seq_id] = SequenceKVState(kv, self.model_config.num_hidden_layers, self.device)
+            state = SequenceKVState(kv, self.model_config.num_hidden_layers, self.device)
+            if kv.policy == "actqkv" and kv.question_ids and kv.question_weight > 0:
+                state.question = question_vectors(self.model, list(kv.question_ids), kv.local)
+            self.kv_states[seq.seq_id] = state
         return self.kv_states[seq.seq_id]
 
     def _prepare(self, batch: list[ScheduledSeq]):

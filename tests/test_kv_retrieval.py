@@ -134,6 +134,41 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     assert (got - expected).abs().max() < 1e-5
 
 
+def test_question_term_adds_weighted_cosine_while_prefilling_only():
+    from engine.kv.policies import actqkv_scores
+    torch.manual_seed(0)
+    reprs, question = torch.randn(30, 2, 16), torch.randn(8, 16)
+    window, single = torch.randn(5, 8, 16), torch.randn(1, 8, 16)
+    plain = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6), 1, reprs.device)
+    asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0), 1, reprs.device)
+    asked.question = [question]
+    term = F.cosine_similarity(reprs.repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
+    assert (actqkv_scores(window, reprs, asked, 0) - actqkv_scores(window, reprs, plain, 0) - 4 * term).abs().max() < 1e-5
+    assert torch.equal(actqkv_scores(single, reprs, asked, 0), actqkv_scores(single, reprs, plain, 0))
+
+
+def test_request_question_reaches_the_selection(checkpoint):
+    from engine.kv.question import question_vectors
+    path = checkpoint("llama")
+    llm = LLM(path, max_model_len=1024, num_kv_blocks=160, max_num_batched_tokens=256, **SMALL)
+    engine = llm.engine
+    request = engine.add_request("q", PROMPTS[0], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True),
+                                 kv={"policy": "actqkv", "question": "What is the pass key?"})
+    ids = engine.tokenizer.encode("What is the pass key?", add_special_tokens=False)
+    assert request.kv_config.question_ids == tuple(ids)
+    engine.step()
+    state = engine.runner.kv_states[request.seqs[0].seq_id]
+    expected = question_vectors(engine.runner.model, ids, SMALL["kv_local"])
+    assert len(state.question) == 2 and all(torch.equal(a, b) for a, b in zip(state.question, expected))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert len(request.seqs[0].output_token_ids) == 3
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    wide = llm.generate(PROMPTS, params, kv={"policy": "actqkv", "budget": 100000, "question": "the pass key"})
+    full, _ = generate(path, PROMPTS)
+    assert [o.outputs[0].token_ids for o in wide] == full
+
+
 def test_trace_records_which_blocks_each_layer_attended(checkpoint):
     llm = LLM(checkpoint("llama"), max_model_len=1024, num_kv_blocks=160, max_num_batched_tokens=256, **SMALL)
     engine = llm.engine

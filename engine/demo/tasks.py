@@ -32,6 +32,7 @@ class TaskSample:
     context_len: int = 0
     max_tokens: int = 16
     followups: list[tuple[str, str]] = field(default_factory=list)  # more (question, answer) pairs, for training
+    question: str = ""                   # what is asked, without the context (ActQKV's question term)
 
 
 def _fill(units: list[str], budget: int, count_tokens: CountTokens) -> int:
@@ -48,7 +49,7 @@ def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTo
     n = _fill([NOISE], length - fixed, count_tokens)
     before = round(n * depth)
     prompt = PASSKEY_TASK + NOISE * before + needle + NOISE * (n - before) + question
-    return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8)
+    return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8, question=question)
 
 
 def _word_key(rng: random.Random) -> str:
@@ -87,7 +88,8 @@ def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountT
     needles.insert(at, target)
     prompt = MULTIKEY_TASK + "".join(needles).rstrip("\n") + question
     extra = [(_multikey_question(k), f" {v}.") for k, v in rng.sample(pairs, min(followups, len(pairs)))]
-    return TaskSample("multikey", prompt, f" {value}.", [value], depth, length, max_tokens=12, followups=extra)
+    return TaskSample("multikey", prompt, f" {value}.", [value], depth, length, max_tokens=12, followups=extra,
+                      question=question.strip())
 
 
 def _short_id(rng: random.Random, n: int = 6) -> str:
@@ -107,7 +109,8 @@ def kv_retrieval(rng: random.Random, length: int, depth: float, count_tokens: Co
     prompt = f'{head}{body}}}\nKey: "{key}"\nThe value associated with the specified key is:'
     extra = [(f'\nKey: "{k}"\nThe value associated with the specified key is:', f' "{v}"')
              for k, v in rng.sample(pairs, min(followups, len(pairs)))]
-    return TaskSample("kv_retrieval", prompt, f' "{value}"', [value], depth, length, max_tokens=12, followups=extra)
+    return TaskSample("kv_retrieval", prompt, f' "{value}"', [value], depth, length, max_tokens=12, followups=extra,
+                      question=f'Key: "{key}"')
 
 
 def variable_tracking(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,

@@ -151,18 +151,25 @@ def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, loca
 
 def _flash(q, keys, values, scale: float, causal: bool = False):
     """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w])."""
-    group = q.shape[1] // keys.shape[1]
-
-    def heads(x):
-        return x.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
+    _, heads, w, dim = q.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    if not causal or w == 1:   # a KV head's query heads become extra query rows: no repeated keys
+        q = q.reshape(1, kv_heads, group * w, dim)
+        keys, values = keys.permute(1, 0, 2)[None], values.permute(1, 0, 2)[None]
+    else:
+        keys = keys.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
+        values = values.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, heads(keys), heads(values), 0.0, causal,
-                                                                          scale=scale)
-    scores = q @ heads(keys).transpose(-1, -2) * scale
-    if causal:
-        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-    lse = scores.logsumexp(-1)
-    return (scores - lse[..., None]).exp() @ heads(values), lse
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, 0.0, causal,
+                                                                              scale=scale)
+    else:
+        scores = q @ keys.transpose(-1, -2) * scale
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        lse = scores.logsumexp(-1)
+        out = (scores - lse[..., None]).exp() @ values
+    return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w)
 
 
 def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale):

@@ -14,6 +14,7 @@ class SequenceKVState:
         self.tokens_attended = [0] * num_layers      # by the last query of the last step, per layer
         self.blocks_selected = [0] * num_layers
         self.last_attended: list[tuple] = [((), 0, 0)] * num_layers  # (selected logical blocks, sink end, local start)
+        self.question: list[torch.Tensor] | None = None   # per layer, the question vector [H, D] (engine.kv.question)
 
     def attends_block(self, layer: int, block: int, block_size: int) -> bool:
         """Whether the last query of `layer` attended logical block `block` (as sink, retrieved or local)."""
