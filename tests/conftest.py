@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
-from engine.models.random_checkpoint import make_random_checkpoint
+# Triton decides at import whether kernels are compiled or interpreted: interpreted, its CUDA kernels also run on the
+# CPU tensors of the tests (only where a test asks for them: engine.layers.sparse_gemv_triton.FORCE_INTERPRETER).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from engine.models.random_checkpoint import make_random_checkpoint  # noqa: E402
 
 ARCHS = {
     "llama": dict(arch="llama"),

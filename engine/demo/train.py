@@ -147,6 +147,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
+    parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
+                        help="whose answer accuracy the curriculum watches: all tasks, or one")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     minutes = args.minutes if args.minutes is not None else (40 / 60 if args.smoke else 90.0)
@@ -219,11 +221,14 @@ def main(argv=None):
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
                                     "answer_acc": round(acc_ema, 4), "max_len": max_len,
                                     "task_acc": {k: round(v, 3) for k, v in record.get("task_acc_ema", {}).items()}})
-        if acc_ema > args.advance_at and stage + 1 < len(size["lengths"]) and record["step"] > 50:
+        watched = acc_ema if args.advance_on == "all" else task_ema.get(args.advance_on, 0.0)
+        since = record["step"] - (record["stages"][-1]["step"] if record["stages"] else 0)
+        if watched > args.advance_at and stage + 1 < len(size["lengths"]) and since > 50:
             record["stage"] += 1
             record["stages"].append({"step": record["step"], "elapsed_s": round(elapsed, 1),
                                      "max_len": size["lengths"][record["stage"]]})
             acc_ema = 0.0
+            task_ema.clear()
         record["elapsed_s"] = time.monotonic() - start
         record["acc_ema"], record["loss_ema"] = acc_ema, loss_ema
         bar.n = int(record["elapsed_s"] - run_start_s)

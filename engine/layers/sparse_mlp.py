@@ -11,11 +11,14 @@ Kernels (CPU): a sum over input channels is `F.embedding_bag` over an input-majo
 channel, never copied per step); output-side sparsity gathers contiguous rows with `F.embedding`. A batch of a few
 rows uses the union of their masks, each row keeping its own values, so results equal the masked dense computation.
 When the union is too dense to pay off, the same masked computation runs with dense kernels.
+On CUDA with Triton installed, the two gathers are Triton masked GEMVs (`sparse_gemv_triton.py`).
 """
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from engine.layers import sparse_gemv_triton
 
 MODES = ("dense", "relu", "teal", "cats")
 
@@ -63,6 +66,8 @@ def bag_sum(idx: torch.Tensor, weight_t: torch.Tensor, weights: torch.Tensor) ->
     `embedding_bag` runs one bag per thread, so each row's indices are split into as many bags as threads and the
     partial sums added (a single bag leaves all but one core idle).
     """
+    if sparse_gemv_triton.available(weights):
+        return sparse_gemv_triton.gather_rows_sum(idx, weight_t, weights)
     rows, k = weights.shape
     parts = max(1, min(torch.get_num_threads(), k))
     size = -(-k // parts)
@@ -70,6 +75,13 @@ def bag_sum(idx: torch.Tensor, weight_t: torch.Tensor, weights: torch.Tensor) ->
     offsets = (starts[None, :] + torch.arange(rows, device=idx.device)[:, None] * k).flatten()
     out = F.embedding_bag(idx.repeat(rows), weight_t, offsets, mode="sum", per_sample_weights=weights.flatten())
     return out.view(rows, starts.numel(), -1).sum(1)
+
+
+def rows_dot(idx: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y[b, j] = weight[idx[j]] · x[b]: only the selected output rows of W [out, in] are read."""
+    if sparse_gemv_triton.available(x):
+        return sparse_gemv_triton.gather_rows_dot(idx, weight, x)
+    return x @ F.embedding(idx, weight).T
 
 
 def input_sparse_linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor,
@@ -99,5 +111,5 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
     idx = mask.any(0).nonzero().squeeze(1)
     if idx.numel() > plan.max_density * gate.shape[1] or idx.numel() == 0:
         return F.linear(gate * mask * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
-    up = x @ F.embedding(idx, mlp.up_proj.weight).T                 # [B, k]: only the active rows of W_up
+    up = rows_dot(idx, mlp.up_proj.weight, x)                        # [B, k]: only the active rows of W_up
     return bag_sum(idx, mlp.input_major("down_proj"), (gate * mask)[:, idx] * up)
