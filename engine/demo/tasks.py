@@ -174,6 +174,18 @@ def filler_text(rng: random.Random, length: int, count_tokens: CountTokens) -> s
     return "".join(sentences)
 
 
+def repeated_text(rng: random.Random, length: int, count_tokens: CountTokens) -> tuple[str, str]:
+    """A training aid for copying (induction): random numbers and words, then the same again. Returns the first
+    half (with a separator) and the repeat, about `length` tokens in all."""
+    units, used = [], 0
+    while used < length // 2:
+        unit = str(rng.randint(10**4, 10**7 - 1)) if rng.random() < 0.5 else _word_key(rng)
+        units.append(unit)
+        used += count_tokens(" " + unit)
+    text = " ".join(units)
+    return text + "\nAgain:", " " + text
+
+
 GENERATORS = {"passkey": passkey, "multikey": multikey, "kv_retrieval": kv_retrieval,
               "variable_tracking": variable_tracking, "common_words": common_words}
 

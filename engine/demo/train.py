@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from engine.demo.tasks import multikey, kv_retrieval, passkey, filler_text
+from engine.demo.tasks import multikey, kv_retrieval, passkey, filler_text, repeated_text
 from engine.demo.tokenizer import train_tokenizer
 from engine.models.memory_llama import MemoryLlamaForCausalLM
 from engine.models.model_config import ModelConfig
@@ -33,9 +33,10 @@ FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_
 SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
              memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
-TASK_MIX = [("multikey", 0.45), ("passkey", 0.25), ("kv_retrieval", 0.15), ("filler", 0.15)]
+TASK_MIX = [("multikey", 0.4), ("passkey", 0.2), ("kv_retrieval", 0.15), ("repeat", 0.15), ("filler", 0.1)]
 FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
+REPEAT_WEIGHT = 0.2   # per token of a repeat (dense copying signal: induction heads form sooner)
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
 
 
@@ -59,6 +60,10 @@ class Batcher:
         if task == "filler":
             ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
             return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
+        if task == "repeat":
+            first, again = repeated_text(self.rng, length, self.count)
+            head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
+            return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
         ids = self.tok.encode(sample.prompt)
@@ -101,7 +106,7 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None):
         acc = correct.sum().item() / max(1, ans.sum().item())
         if tasks is not None:
             row = torch.arange(ids.shape[0])[:, None].expand_as(keep)[keep]
-            for name in set(tasks) - {"filler"}:
+            for name in set(tasks) - {"filler", "repeat"}:
                 rows = torch.tensor([t == name for t in tasks])[row] & ans
                 per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
     return (loss, acc, per_task) if tasks is not None else (loss, acc)
