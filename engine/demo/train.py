@@ -33,10 +33,10 @@ FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_
 SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
              memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
-TASK_MIX = [("multikey", 0.4), ("passkey", 0.2), ("kv_retrieval", 0.15), ("repeat", 0.15), ("filler", 0.1)]
+TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.3), ("filler", 0.1)]
 FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
-REPEAT_WEIGHT = 0.2   # per token of a repeat (dense copying signal: induction heads form sooner)
+REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
 
 
