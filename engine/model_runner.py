@@ -116,7 +116,8 @@ class ModelRunner:
         if seq.num_computed_tokens == 0 or seq.seq_id not in self.kv_states:  # new, or recomputed after preemption
             state = SequenceKVState(kv, self.model_config.num_hidden_layers, self.device)
             if kv.policy == "actqkv" and kv.question_ids and kv.question_weight > 0:
-                state.question = question_vectors(self.model, list(kv.question_ids), kv.local)
+                state.question = question_vectors(self.model, list(kv.question_ids), kv.local,
+                                                  self.model_config.bos_token_id)
             self.kv_states[seq.seq_id] = state
         return self.kv_states[seq.seq_id]
 

@@ -134,6 +134,12 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     assert (got - expected).abs().max() < 1e-5
 
 
+def test_window_longer_than_local_region_is_rejected():
+    from engine.sampling_params import SamplingParamsError
+    with pytest.raises(SamplingParamsError, match="kv_window"):
+        KVConfig(policy="actqkv", window=600, local=512).validate(32)
+
+
 def test_question_term_adds_weighted_cosine_while_prefilling_only():
     from engine.kv.policies import actqkv_scores
     torch.manual_seed(0)
@@ -158,7 +164,8 @@ def test_request_question_reaches_the_selection(checkpoint):
     assert request.kv_config.question_ids == tuple(ids)
     engine.step()
     state = engine.runner.kv_states[request.seqs[0].seq_id]
-    expected = question_vectors(engine.runner.model, ids, SMALL["kv_local"])
+    runner = engine.runner
+    expected = question_vectors(runner.model, ids, SMALL["kv_local"], runner.model_config.bos_token_id)
     assert len(state.question) == 2 and all(torch.equal(a, b) for a, b in zip(state.question, expected))
     while engine.has_unfinished_requests():
         engine.step()

@@ -21,7 +21,7 @@ class KVConfig:
     cutoff: str = "entropy"       # actqkv: entropy | top_p
     top_p: float = 0.9            # actqkv with cutoff=top_p: softmax mass to keep
     warmup: int = 256             # actqkv: query tokens of uniform probe weights before the activation bias acts
-    question_weight: float = 4.0  # actqkv: λ of the question term during prefill (when the request has a question)
+    question_weight: float = 4.0  # actqkv: λ of the question term while prefilling (requests with a question)
     question_ids: tuple[int, ...] = ()   # actqkv: the request's question, tokenized (from its `question` text)
     trace: bool = False           # record which blocks each layer's last query attended (benchmarks: recall)
 
@@ -36,7 +36,8 @@ class KVConfig:
         check(self.budget >= self.sink_tokens(block_size) + self.local + block_size, "kv_budget",
               f"kv_budget must leave room for one block beyond sink and local "
               f"(at least {self.sink_tokens(block_size) + self.local + block_size}).")
-        check(self.window >= 1, "kv_window", "kv_window must be positive.")
+        check(1 <= self.window <= self.local, "kv_window",
+              "kv_window must be positive and at most kv_local (a window's own keys are local).")
         check(self.question_weight >= 0, "kv_question_weight", "kv_question_weight must be non-negative.")
         check(self.cutoff in ("entropy", "top_p") and self.tau > 0 and 0 < self.top_p <= 1, "kv_cutoff",
               "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")

@@ -10,8 +10,12 @@ from engine.layers.rotary import rotate_by
 
 
 @torch.no_grad()
-def question_vectors(model: torch.nn.Module, question_ids: list[int], local: int) -> list[torch.Tensor]:
-    """Per layer, the question's mean query [H, D], rotated to position `local`."""
+def question_vectors(model: torch.nn.Module, question_ids: list[int], local: int,
+                     bos_token_id: int | None = None) -> list[torch.Tensor]:
+    """Per layer, the question's mean query [H, D], rotated to position `local`. With a BOS token, the question
+    runs after it (as in a prompt, where the first token is an attention sink) and BOS is left out of the mean."""
+    skip = 0 if bos_token_id is None else 1
+    question_ids = [bos_token_id] * skip + list(question_ids)
     layers = model.model.layers
     captured: dict[int, torch.Tensor] = {}
     hooks = [layer.self_attn.q_proj.register_forward_hook(
@@ -24,5 +28,5 @@ def question_vectors(model: torch.nn.Module, question_ids: list[int], local: int
             hook.remove()
     attn = layers[0].self_attn
     angle = torch.tensor([local], device=ids.device)
-    return [rotate_by(captured[i][0].float().mean(0).view(1, attn.heads, attn.head_dim), angle,
+    return [rotate_by(captured[i][0, skip:].float().mean(0).view(1, attn.heads, attn.head_dim), angle,
                       model.model.rotary_emb)[0] for i in range(len(layers))]

@@ -132,6 +132,7 @@ def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, loca
     values_local = v_flat.index_select(0, local_slots).float()
     q_heads = qw.float().permute(1, 0, 2)[None]                                         # [1, H, w, D]
     before = a - local_start
+    assert before >= 0, "the window must lie inside the local region (KVConfig: window <= local)"
     pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)]
     if before > 0:
         pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale))
