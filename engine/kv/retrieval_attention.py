@@ -71,7 +71,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         if cfg.trace:
             chosen_blocks = set((global_pos[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
-        out[rows] = _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat,
+        out[rows] = _attend(qw, q_global, a, positions, global_pos, global_slots, local_slots, local_start, k_flat,
                             v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
                             record_received=cfg.policy in REPRESENTATIVE_POLICIES)
         item.state.tokens_attended[layer] = global_slots.shape[0] + local_slots.shape[0]
@@ -122,12 +122,11 @@ def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
     return rotate_by(q, distance - positions, rotary)
 
 
-def _attend(qw, q_global, positions, global_pos, global_slots, local_slots, local_start, k_flat, v_flat, layer,
-            ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
+def _attend(qw, q_global, a: int, positions, global_pos, global_slots, local_slots, local_start, k_flat, v_flat,
+            layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
     their log-sum-exp: global keys, local keys before the window, and the window itself (causal)."""
     w, heads, dim = qw.shape
-    a = int(positions[0])
     keys_local = k_flat.index_select(0, local_slots).float()
     values_local = v_flat.index_select(0, local_slots).float()
     q_heads = qw.float().permute(1, 0, 2)[None]                                         # [1, H, w, D]
