@@ -91,11 +91,12 @@ class Batcher:
         return ids, weights, answers, [r[0] for r in rows]
 
 
-def loss_and_accuracy(model, ids, weights, answers, tasks=None):
+def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
-    teacher-forced answer-token accuracy, overall and per task (when the rows' `tasks` are given)."""
+    teacher-forced answer-token accuracy, overall and per task (when the rows' `tasks` are given). `body` is the
+    decoder stack to run (default `model.model`; training may pass a compiled one)."""
     positions = torch.arange(ids.shape[1] - 1)
-    hidden = model.model(ids[:, :-1], positions, None, [None] * len(model.model.layers))
+    hidden = (model.model if body is None else body)(ids[:, :-1], positions, None, [None] * len(model.model.layers))
     keep = weights[:, 1:] > 0
     logits = model.lm_head(hidden[keep])
     target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
@@ -151,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
                         help="whose answer accuracy the curriculum watches: all tasks, or one")
@@ -202,6 +204,7 @@ def main(argv=None):
     acc_ema, loss_ema, last_save = record.get("acc_ema", 0.0), record.get("loss_ema"), time.monotonic()
     bar = tqdm(total=int(budget_s), unit="s", desc="train")
     model.train()
+    body = torch.compile(model.model, dynamic=True) if args.compile else model.model
     while ((elapsed := time.monotonic() - start) - run_start_s < budget_s
            and (args.steps is None or record["step"] < args.steps)):
         stage = record["stage"]
@@ -211,7 +214,7 @@ def main(argv=None):
                         else (elapsed - run_start_s) / budget_s)
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
         ids, weights, answers, tasks = batcher.batch(max_len, size["tokens_per_step"][stage])
-        loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks)
+        loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks, body)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
