@@ -1,0 +1,134 @@
+"""One prepared check for a session that has the GPU machine: correctness against the CPU path, then timings.
+
+    python -m bench.gpu_check --json bench/results/gpu_check.json            # on the GPU machine (about 5 minutes)
+    python -m bench.gpu_check --device cpu --small                           # a dry run of the same code here
+
+1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
+   `F.linear` at 50% density, batch 1/2/4, on the 1.1B shape's MLP matrices.
+2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal.
+3. Decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given contexts, random demo-shape
+   weights (speed only).
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench.common import machine, write_json
+from engine import LLM, SamplingParams
+from engine.layers import sparse_gemv_triton
+from engine.layers.sparse_mlp import bag_sum
+
+
+def synchronize(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int = 20) -> float:
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def check_kernels(device: str, hidden: int, inter: int) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    w_down = torch.randn(hidden, inter)                              # down_proj [out, in]
+    w_up = torch.randn(inter, hidden)
+    for batch in (1, 2, 4):
+        x = torch.randn(batch, inter)
+        idx = torch.randperm(inter)[: inter // 2].sort().values
+        ref_sum = bag_sum(idx, w_down.t().contiguous(), x[:, idx].contiguous())
+        row = {"batch": batch, "device": device}
+        if sparse_gemv_triton.available(torch.empty(0, device=device)):
+            d_idx, d_wt, d_x = idx.to(device), w_down.t().contiguous().to(device), x[:, idx].contiguous().to(device)
+            got = sparse_gemv_triton.gather_rows_sum(d_idx, d_wt, d_x)
+            row["rows_sum_max_diff"] = (got.cpu() - ref_sum).abs().max().item()
+            torch.manual_seed(1)
+            h = torch.randn(batch, hidden)
+            row["rows_dot_max_diff"] = (sparse_gemv_triton.gather_rows_dot(d_idx, w_up.to(device), h.to(device))
+                                        .cpu() - h @ w_up[idx].T).abs().max().item()
+            d_dense, d_xfull = w_down.to(device), x.to(device)
+            row["dense_ms"] = timed(lambda: F.linear(d_xfull, d_dense), device) * 1e3
+            row["sparse_ms"] = timed(lambda: sparse_gemv_triton.gather_rows_sum(d_idx, d_wt, d_x), device) * 1e3
+        else:
+            row["skipped"] = "Triton kernels do not serve this device"
+        rows.append(row)
+    return rows
+
+
+def check_policies(device: str, path: str) -> list[dict]:
+    prompts = [[3 + (i * 37 + j * 11) % 370 for i in range(600 + 50 * j)] for j in range(2)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    small = dict(kv_budget=192, kv_sink=32, kv_local=64, kv_window=48, block_size=16, max_model_len=1024,
+                 num_kv_blocks=160, max_num_batched_tokens=256, dtype="float32")
+    engines = {d: LLM(path, device=d, **small) for d in ("cpu", device)}
+    rows = []
+    for policy in ("full", "streaming", "infllm", "quest", "actqkv"):
+        outs = {d: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": policy})]
+                for d, llm in engines.items()}
+        rows.append({"policy": policy, "device": device, "tokens_equal_cpu": outs["cpu"] == outs[device]})
+    return rows
+
+
+def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
+    llm = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
+              max_num_batched_tokens=4096)
+    rows = []
+    for n in contexts:
+        prompt = [5 + (i * 7) % 3000 for i in range(n)]
+        row = {"context_len": n, "device": device}
+        for policy in ("full", "actqkv"):
+            engine = llm.engine
+            request = engine.add_request(f"{policy}-{n}", prompt, SamplingParams(temperature=0, max_tokens=33,
+                                                                                  ignore_eos=True),
+                                         kv={"policy": policy, "budget": 2048, "positions": "bounded"})
+            seq = request.seqs[0]
+            while seq.num_output_tokens < 1:
+                engine.step()
+            synchronize(device)
+            start = time.perf_counter()
+            while engine.has_unfinished_requests():
+                engine.step()
+            synchronize(device)
+            row[f"{policy}_decode_ms"] = (time.perf_counter() - start) / 32 * 1e3
+        row["actqkv_speedup"] = row["full_decode_ms"] / row["actqkv_decode_ms"]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="small sizes: a dry run on the CPU")
+    parser.add_argument("--contexts", default="8192,32768")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    from bench.common import SHAPES, checkpoint
+    hidden, inter = (256, 512) if args.small else (SHAPES["tinyllama"]["hidden_size"],
+                                                   SHAPES["tinyllama"]["intermediate_size"])
+    contexts = [1024] if args.small else [int(c) for c in args.contexts.split(",")]
+    path = checkpoint("tiny")
+    results = {"machine": machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    with tqdm(total=3, desc="gpu check") as bar:
+        results["kernels"] = check_kernels(args.device, hidden, inter)
+        bar.update(1)
+        results["policies"] = check_policies(args.device, path)
+        bar.update(1)
+        results["decode"] = decode_times(args.device, path, contexts)
+        bar.update(1)
+    for section in ("kernels", "policies", "decode"):
+        for row in results[section]:
+            print(section, row)
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
