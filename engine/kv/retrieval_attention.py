@@ -8,6 +8,10 @@ Candidates are the whole blocks between the sinks and the local region. With `po
 retrieved keys are attended as if they sat `local` tokens before each query (queries and keys rotated to one
 relative angle, InfLLM's scheme); local keys keep their true positions. The `full` policy is the same code with
 every key in the local region, so it is exact attention.
+
+A window's attention is computed as flash-attention pieces (global keys; local keys before the window; the window
+itself, causal) merged by their log-sum-exp, so no score matrix is materialised except for the local keys of the
+policies that need the attention those keys receive (infllm, actqkv: it picks the block representatives).
 """
 from dataclasses import dataclass
 
