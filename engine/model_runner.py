@@ -138,7 +138,8 @@ class ModelRunner:
             state = self._retrieval_state(seq)
             if state is not None:
                 retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
-                                                torch.tensor(seq.block_table, dtype=torch.long, device=dev), state))
+                                                torch.tensor(seq.block_table, dtype=torch.long, device=dev), state,
+                                                prefilling=start < seq.num_prompt_tokens))
                 continue
             if n == 1:
                 decode_rows.append(row)

@@ -149,8 +149,11 @@ def test_question_term_adds_weighted_cosine_while_prefilling_only():
     asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0), 1, reprs.device)
     asked.question = [question]
     term = F.cosine_similarity(reprs.repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
-    assert (actqkv_scores(window, reprs, asked, 0) - actqkv_scores(window, reprs, plain, 0) - 4 * term).abs().max() < 1e-5
-    assert torch.equal(actqkv_scores(single, reprs, asked, 0), actqkv_scores(single, reprs, plain, 0))
+    gain = actqkv_scores(window, reprs, asked, 0, prefilling=True) - actqkv_scores(window, reprs, plain, 0, True)
+    assert (gain - 4 * term).abs().max() < 1e-5
+    one = actqkv_scores(single, reprs, asked, 0, prefilling=True) - actqkv_scores(single, reprs, plain, 0, True)
+    assert (one - 4 * term).abs().max() < 1e-5          # a one-token prefill chunk gets the term too
+    assert torch.equal(actqkv_scores(single, reprs, asked, 0), actqkv_scores(single, reprs, plain, 0))   # decode
 
 
 def test_request_question_reaches_the_selection(checkpoint):

@@ -23,7 +23,8 @@ def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> tor
     return bound.sum(dim=(1, 2, 3))
 
 
-def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int) -> torch.Tensor:
+def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int,
+                  prefilling: bool = False) -> torch.Tensor:
     """Cosine between the activation-bias-weighted probe and each block's representative (heads concatenated);
     with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling."""
     w, heads, dim = q_global.shape
@@ -32,7 +33,7 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
     group = heads // kv_heads
     probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, group, dim)
     scores = _cosine(probe, reprs, state.config.per_head)
-    if state.question is not None and w > 1 and state.config.question_weight > 0:   # prefill only, as in ActQKV
+    if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(
             state.question[layer].view(kv_heads, group, dim), reprs, state.config.per_head)
     return scores

@@ -35,6 +35,7 @@ class RetrievalSlice:
     slots: torch.Tensor           # cache slots of all ctx_start + q_len tokens
     block_ids: torch.Tensor       # the sequence's block table
     state: SequenceKVState
+    prefilling: bool = False      # the step's tokens are (part of) the prompt
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int) 
         elif cfg.policy == "infllm":
             scores = policies.infllm_scores(q_global, s.repr[layer][physical])
         else:
-            scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer)
+            scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer, item.prefilling)
         chosen = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
     item.state.blocks_selected[layer] = chosen.shape[0]
     return chosen + first
