@@ -177,7 +177,8 @@ def main(argv=None):
     optimizer = torch.optim.AdamW([{"params": other_params, "lr_scale": 1.0},
                                    {"params": value_params, "lr_scale": 4.0, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    record = {"command": " ".join(["python -m engine.demo.train"] + sys.argv[1:]), "seed": args.seed,
+    command = " ".join(["python -m engine.demo.train"] + sys.argv[1:])
+    record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
               "curve": [], "stages": []}
     batcher = Batcher(tokenizer, args.seed)
@@ -198,6 +199,7 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
+    record.setdefault("runs", []).append({"command": command, "from_step": record["step"]})  # every (re)start
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
     run_start_s, run_start_step = record["elapsed_s"], record["step"]
