@@ -110,8 +110,11 @@ def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) ->
 
 def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding) -> torch.Tensor:
     """Rotate vectors x [..., head_dim] by position offsets `delta` (possibly negative) whose shape is a prefix of
-    x's leading dimensions. RoPE rotations compose, so a cached key of position p moves to p + delta this way."""
+    x's leading dimensions. RoPE rotations compose, so a cached key of position p moves to p + delta this way.
+    A pure rotation: YaRN's attention scaling, already in the cached vectors, is not applied again."""
     cos, sin = rotary.lookup(delta.abs())
+    if rotary.attention_scaling != 1.0:
+        cos, sin = cos / rotary.attention_scaling, sin / rotary.attention_scaling
     sin = sin * torch.where(delta < 0, -1.0, 1.0).to(sin.dtype)[..., None]
     shape = delta.shape + (1,) * (x.dim() - 1 - delta.dim()) + (x.shape[-1],)
     return apply_rotary(x, (cos.view(shape), sin.view(shape)))

@@ -1,0 +1,20 @@
+"""Relative rotations of cached vectors (the KV retrieval's position moves) compose with RoPE exactly."""
+import pytest
+import torch
+
+from engine.layers.rotary import RotaryEmbedding, apply_rotary, rotate_by
+from engine.models.model_config import ModelConfig
+
+
+@pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 256}])
+def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
+                                 "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
+    rotary = RotaryEmbedding(cfg, 1024)
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, 16)
+    positions, delta = torch.tensor([0, 3, 50, 300, 700]), torch.tensor([7, -3, 200, -250, 100])
+    moved = rotate_by(apply_rotary(x, rotary(positions)), delta, rotary)
+    assert (moved - apply_rotary(x, rotary(positions + delta))).abs().max() < 1e-4
