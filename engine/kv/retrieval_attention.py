@@ -159,12 +159,11 @@ def _flash(q, keys, values, scale: float, causal: bool = False):
     _, heads, w, dim = q.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
+    keys, values = keys.permute(1, 0, 2)[None], values.permute(1, 0, 2)[None]      # [1, Hkv, S, D]
     if not causal or w == 1:   # a KV head's query heads become extra query rows: no repeated keys
         q = q.reshape(1, kv_heads, group * w, dim)
-        keys, values = keys.permute(1, 0, 2)[None], values.permute(1, 0, 2)[None]
     else:
-        keys = keys.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
-        values = values.permute(1, 0, 2).repeat_interleave(group, dim=0)[None]
+        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, 0.0, causal,
                                                                               scale=scale)
