@@ -8,9 +8,12 @@
 2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal.
 3. Decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given contexts, random demo-shape
    weights (speed only).
+4. Host synchronisations inside ActQKV's windowed attention on the device (prefill windows and a decode step,
+   counted by CUDA's sync debug mode): the aim is none.
 """
 import argparse
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +107,45 @@ def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
     return rows
 
 
+def count_host_syncs(device: str) -> list[dict]:
+    from engine.kv.config import KVConfig
+    from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
+    from engine.kv.state import SequenceKVState
+    from engine.kv.summaries import BlockSummaries
+    from engine.layers.rotary import RotaryEmbedding
+    from engine.models.model_config import ModelConfig
+    if not device.startswith("cuda"):
+        return [{"skipped": "sync debug mode needs CUDA"}]
+    torch.manual_seed(0)
+    bs, n, heads, kv_heads, dim, pool = 32, 4096, 8, 4, 64, 160
+    blocks = torch.randperm(pool, device=device)[: n // bs]
+    slots = (blocks[:, None] * bs + torch.arange(bs, device=device)).flatten()
+    k_flat, v_flat = (torch.randn(pool * bs, kv_heads, dim, device=device) for _ in range(2))
+    q = torch.randn(n, heads, dim, device=device)
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": heads * dim,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads,
+                                 "num_key_value_heads": kv_heads})
+    rows = []
+    for positions in ("original", "bounded"):
+        kv = KVConfig(policy="actqkv", budget=1024, positions=positions)
+        ctx = RetrievalContext(BlockSummaries(1, pool, bs, kv_heads, dim, device), RotaryEmbedding(cfg, 2 * n), bs)
+        state = SequenceKVState(kv, 1, torch.device(device))
+        retrieval_attention(q[:2048], k_flat, v_flat, RetrievalSlice(0, 2048, 0, slots[:2048], blocks, state), 0,
+                            ctx, dim ** -0.5)   # warm-up: statistics, summaries
+        synchronize(device)
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            retrieval_attention(q[2048:-1], k_flat, v_flat, RetrievalSlice(2048, n - 2049, 2048, slots[:-1], blocks,
+                                                                            state), 0, ctx, dim ** -0.5)
+            retrieval_attention(q[-1:], k_flat, v_flat, RetrievalSlice(n - 1, 1, n - 1, slots, blocks, state), 0,
+                                ctx, dim ** -0.5)
+        torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        rows.append({"positions": positions, "host_syncs": len(syncs), "first": syncs[:3]})
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -117,14 +159,16 @@ def main(argv=None):
     contexts = [1024] if args.small else [int(c) for c in args.contexts.split(",")]
     path = checkpoint("tiny")
     results = {"machine": machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    with tqdm(total=3, desc="gpu check") as bar:
+    with tqdm(total=4, desc="gpu check") as bar:
         results["kernels"] = check_kernels(args.device, hidden, inter)
         bar.update(1)
         results["policies"] = check_policies(args.device, path)
         bar.update(1)
         results["decode"] = decode_times(args.device, path, contexts)
         bar.update(1)
-    for section in ("kernels", "policies", "decode"):
+        results["host_syncs"] = count_host_syncs(args.device)
+        bar.update(1)
+    for section in ("kernels", "policies", "decode", "host_syncs"):
         for row in results[section]:
             print(section, row)
     write_json(args.json, results)

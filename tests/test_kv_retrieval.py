@@ -201,3 +201,37 @@ def test_actqkv_per_kv_head_selection_runs_within_budget(checkpoint, positions):
     assert len(outs[0]) == 5
     with_shared, _ = generate(checkpoint("llama"), PROMPTS[:1], n=5, kv_policy="actqkv", kv_positions=positions)
     assert len(with_shared[0]) == 5
+
+
+@pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "top_p"),
+                                                       ("bounded", False, "entropy")])
+def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
+    """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
+    the blocks the CPU path slices out."""
+    from engine.kv import retrieval_attention as ra
+    torch.manual_seed(0)
+    bs, n, heads, kv_heads, dim, pool = 16, 400, 4, 2, 16, 32
+    blocks = torch.randperm(pool)[: -(-n // bs)]
+    slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
+    k_flat, v_flat = torch.randn(pool * bs, kv_heads, dim), torch.randn(pool * bs, kv_heads, dim)
+    q = torch.randn(n, heads, dim)
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
+    kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions=positions, per_head=per_head,
+                  cutoff=cutoff, warmup=32)
+    outputs, counts = [], []
+    for static in (False, True):
+        monkeypatch.setattr(ra, "STATIC_SELECTION", static)
+        ctx = RetrievalContext(BlockSummaries(1, pool, bs, kv_heads, dim, q.device), RotaryEmbedding(cfg, 1024), bs)
+        state = SequenceKVState(kv, 1, q.device)
+        prefill = retrieval_attention(q[:-1], k_flat, v_flat, RetrievalSlice(0, n - 1, 0, slots[:-1], blocks, state),
+                                      0, ctx, dim ** -0.5)
+        decode = retrieval_attention(q[-1:], k_flat, v_flat, RetrievalSlice(n - 1, 1, n - 1, slots, blocks, state),
+                                     0, ctx, dim ** -0.5)
+        outputs.append(torch.cat([prefill, decode]))
+        counts.append(int(state.blocks_selected[0]))
+    assert isinstance(state.blocks_selected[0], torch.Tensor)   # the static path kept the count on the device
+    mean_k = kv.blocks_per_layer(bs)
+    assert counts[0] == counts[1] and 0 < counts[0] <= 2 * mean_k
+    assert counts[0] < 2 * mean_k or cutoff == "top_p"   # the mask removed some of the static top-2k
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5

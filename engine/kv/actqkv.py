@@ -57,16 +57,17 @@ def normalized_entropy(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return -(p * torch.log(p + 1e-12)).sum(-1) / math.log(n)
 
 
-def allocate_blocks(densities: torch.Tensor, layer: int, mean_k: int) -> int:
-    """Blocks for `layer`: the layers' total (mean_k per layer) split in proportion to their information density,
-    clamped to [mean_k/2, 2·mean_k]."""
+def allocate_blocks(densities: torch.Tensor, layer: int, mean_k: int) -> torch.Tensor:
+    """Blocks for `layer` (a 0-dim tensor on the scores' device: no host sync): the layers' total (mean_k per
+    layer) split in proportion to their information density, clamped to [mean_k/2, 2·mean_k]."""
     share = densities[layer] / densities.sum().clamp(min=1e-12)
     k = torch.round(share * mean_k * densities.shape[0]).clamp(math.ceil(mean_k / 2), 2 * mean_k)
-    return int(k)
+    return k.long()
 
 
-def top_p_blocks(scores: torch.Tensor, tau: float, top_p: float, mean_k: int) -> int:
-    """Blocks needed for softmax(scores / tau) to reach mass `top_p`, clamped to [mean_k/2, 2·mean_k]."""
+def top_p_blocks(scores: torch.Tensor, tau: float, top_p: float, mean_k: int) -> torch.Tensor:
+    """Blocks needed for softmax(scores / tau) to reach mass `top_p`, clamped to [mean_k/2, 2·mean_k]
+    (a 0-dim tensor on the scores' device)."""
     p = torch.softmax(scores / tau, dim=-1).sort(descending=True).values
-    needed = int((p.cumsum(-1) < top_p).sum()) + 1
-    return max(math.ceil(mean_k / 2), min(2 * mean_k, needed))
+    needed = (p.cumsum(-1) < top_p).sum() + 1
+    return needed.clamp(math.ceil(mean_k / 2), 2 * mean_k)

@@ -53,17 +53,19 @@ def _cosine(probe: torch.Tensor, reprs: torch.Tensor, per_head: bool) -> torch.T
 
 
 def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState, layer: int,
-                  mean_k: int) -> torch.Tensor:
-    """Indices (into the candidates) of the blocks to attend: top-k, with k from the dynamic cut-off for ActQKV.
-    Per-head scores [N, Hkv] give [k, Hkv]."""
+                  mean_k: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """The blocks to attend, as (indices into the candidates in descending score order, count): the first `count`
+    indices are chosen. With ActQKV's dynamic cut-off, count is a 0-dim device tensor and the indices are a static
+    top-(2·mean_k), so the step needs no host sync; otherwise count is mean_k. Per-head scores [N, Hkv] give
+    indices [K, Hkv]."""
     n = scores.shape[0]
-    k = mean_k
-    if config.policy == "actqkv":
-        flat = scores if scores.dim() == 1 else scores.mean(-1)
-        density = actqkv.normalized_entropy(flat, config.tau)
-        if config.cutoff == "entropy":
-            k = actqkv.allocate_blocks(state.density, layer, mean_k)
-        else:
-            k = actqkv.top_p_blocks(flat, config.tau, config.top_p, mean_k)
-        state.density[layer] = 0.9 * state.density[layer] + 0.1 * density
-    return scores.topk(min(k, n), dim=0).indices
+    if config.policy != "actqkv":
+        return scores.topk(min(mean_k, n), dim=0).indices, min(mean_k, n)
+    flat = scores if scores.dim() == 1 else scores.mean(-1)
+    density = actqkv.normalized_entropy(flat, config.tau)
+    if config.cutoff == "entropy":
+        k = actqkv.allocate_blocks(state.density, layer, mean_k)
+    else:
+        k = actqkv.top_p_blocks(flat, config.tau, config.top_p, mean_k)
+    state.density[layer] = 0.9 * state.density[layer] + 0.1 * density
+    return scores.topk(min(2 * mean_k, n), dim=0).indices, k.clamp(max=n)

@@ -24,6 +24,7 @@ from engine.layers.rotary import RotaryEmbedding, rotate_by
 
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
+STATIC_SELECTION = False   # tests: keep the device path's static top-(2k) + mask on the CPU too
 
 
 @dataclass
@@ -63,32 +64,39 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk)
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
-        global_pos = positions[:0]
+        global_pos, global_keep = positions[:0], None
         q_global = None
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
             q_global = _one_angle(qw, positions, cfg.local, ctx.rotary)
-            chosen = _select(qw, q_global, item, layer, ctx, first, last, mean_k)      # [k] or [k, Hkv]
-            global_pos = torch.cat([_expand(torch.arange(sink_end, device=q.device), chosen),
-                                    _block_positions(chosen, bs)])
+            chosen, keep = _select(qw, q_global, item, layer, ctx, first, last, mean_k)   # [K] or [K, Hkv]
+            sinks = _expand(torch.arange(sink_end, device=q.device), chosen)
+            block_pos, block_keep = _block_positions(chosen, bs, keep)
+            global_pos = torch.cat([sinks, block_pos])
+            if block_keep is not None:
+                global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep])
         global_slots = item.slots[global_pos]
         local_slots = item.slots[local_start:b]
         if cfg.trace:
-            chosen_blocks = set((global_pos[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
+            retrieved = global_pos if global_keep is None else global_pos[global_keep]
+            chosen_blocks = set((retrieved[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
-        out[rows] = _attend(qw, q_global, a, positions, global_pos, global_slots, local_slots, local_start, k_flat,
-                            v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
+        out[rows] = _attend(qw, q_global, a, positions, global_pos, global_slots, global_keep, local_slots,
+                            local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
                             record_received=cfg.policy in REPRESENTATIVE_POLICIES)
-        item.state.tokens_attended[layer] = global_slots.shape[0] + local_slots.shape[0]
+        attended_global = (global_slots.shape[0] if global_keep is None
+                           else sink_end + item.state.blocks_selected[layer] * bs)
+        item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
     return out
 
 
-def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int) -> torch.Tensor:
-    """Logical indices of the chosen candidate blocks (between `first` and `last`)."""
+def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
+    """Logical indices of the chosen candidate blocks (between `first` and `last`), and None; or, where the count
+    is a device tensor (ActQKV's cut-off off the CPU), a static top-(2k) and the mask of those kept."""
     cfg, s = item.state.config, ctx.summaries
     physical = item.block_ids[first:last]
     if cfg.policy == "streaming":
-        chosen = physical[:0]
+        chosen, count = physical[:0], 0
     else:
         if cfg.policy == "quest":
             scores = policies.quest_scores(qw, s.kmin[layer][physical], s.kmax[layer][physical])
@@ -96,9 +104,13 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int) 
             scores = policies.infllm_scores(q_global, s.repr[layer][physical])
         else:
             scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer, item.prefilling)
-        chosen = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
-    item.state.blocks_selected[layer] = chosen.shape[0]
-    return chosen + first
+        chosen, count = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
+    if isinstance(count, int) or (chosen.device.type == "cpu" and not STATIC_SELECTION):
+        count = int(count)   # free on the CPU
+        item.state.blocks_selected[layer] = count
+        return chosen[:count] + first, None
+    item.state.blocks_selected[layer] = count
+    return chosen + first, torch.arange(chosen.shape[0], device=chosen.device) < count
 
 
 def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -106,13 +118,16 @@ def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return slots if chosen.dim() == 1 else slots[:, None].expand(-1, chosen.shape[1])
 
 
-def _block_positions(chosen: torch.Tensor, bs: int) -> torch.Tensor:
-    """Token positions of the chosen logical blocks, in position order: [k·bs] or [k·bs, Hkv]."""
-    chosen = chosen.sort(dim=0).values
+def _block_positions(chosen: torch.Tensor, bs: int, keep: torch.Tensor | None = None):
+    """Token positions of the chosen logical blocks, in position order: [k·bs] or [k·bs, Hkv]; and `keep` (the
+    blocks' mask, if any) per token in the same order."""
+    order = chosen.argsort(dim=0)
+    chosen = chosen.gather(0, order)
+    keep = None if keep is None else keep[order].repeat_interleave(bs, dim=0)
     offsets = torch.arange(bs, device=chosen.device)
     if chosen.dim() == 1:
-        return (chosen[:, None] * bs + offsets).flatten()
-    return (chosen[:, None, :] * bs + offsets[None, :, None]).flatten(0, 1)
+        return (chosen[:, None] * bs + offsets).flatten(), keep
+    return (chosen[:, None, :] * bs + offsets[None, :, None]).flatten(0, 1), keep
 
 
 def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -127,10 +142,11 @@ def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
     return rotate_by(q, distance - positions, rotary)
 
 
-def _attend(qw, q_global, a: int, positions, global_pos, global_slots, local_slots, local_start, k_flat, v_flat,
-            layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
+def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, local_start, k_flat,
+            v_flat, layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
-    their log-sum-exp: global keys, local keys before the window, and the window itself (causal)."""
+    their log-sum-exp: global keys (only those in `global_keep`, when given), local keys before the window, and the
+    window itself (causal)."""
     w, heads, dim = qw.shape
     keys_local = k_flat.index_select(0, local_slots).float()
     values_local = v_flat.index_select(0, local_slots).float()
@@ -146,7 +162,8 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, local_slo
         if bounded and q_global is not None:
             keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
             q_for_global = q_global.float().permute(1, 0, 2)[None]
-        pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale))
+        pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale,
+                             mask=global_keep))
     lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
     out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
     if record_received:
@@ -154,8 +171,9 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, local_slo
     return out[0].permute(1, 0, 2).to(qw.dtype)
 
 
-def _flash(q, keys, values, scale: float, causal: bool = False):
-    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w])."""
+def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None):
+    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w]). `mask` ([S]
+    or [S, Hkv], non-causal only) marks the keys to attend."""
     _, heads, w, dim = q.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
@@ -164,13 +182,16 @@ def _flash(q, keys, values, scale: float, causal: bool = False):
         q = q.reshape(1, kv_heads, group * w, dim)
     else:
         keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and mask is None:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, 0.0, causal,
                                                                               scale=scale)
     else:
         scores = q @ keys.transpose(-1, -2) * scale
         if causal:
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        if mask is not None:
+            per_head = mask.T if mask.dim() == 2 else mask[None]                      # [Hkv or 1, S]
+            scores = scores.masked_fill(~per_head[None, :, None, :], float("-inf"))
         lse = scores.logsumexp(-1)
         out = (scores - lse[..., None]).exp() @ values
     return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w)
