@@ -140,6 +140,13 @@ def test_window_longer_than_local_region_is_rejected():
         KVConfig(policy="actqkv", window=600, local=512).validate(32)
 
 
+def test_question_without_actqkv_is_rejected():
+    from engine.sampling_params import SamplingParamsError
+    with pytest.raises(SamplingParamsError, match="kv_question"):
+        KVConfig(policy="infllm", question_ids=(5, 6)).validate(32)
+    KVConfig(policy="actqkv", question_ids=(5, 6)).validate(32)
+
+
 def test_question_term_adds_weighted_cosine_while_prefilling_only():
     from engine.kv.policies import actqkv_scores
     torch.manual_seed(0)

@@ -38,6 +38,8 @@ class KVConfig:
               f"(at least {self.sink_tokens(block_size) + self.local + block_size}).")
         check(1 <= self.window <= self.local, "kv_window",
               "kv_window must be positive and at most kv_local (a window's own keys are local).")
+        check(not self.question_ids or self.policy == "actqkv", "kv_question",
+              "kv_question applies only to kv_policy=actqkv (the other policies have no question term).")
         check(self.question_weight >= 0, "kv_question_weight", "kv_question_weight must be non-negative.")
         check(self.cutoff in ("entropy", "top_p") and self.tau > 0 and 0 < self.top_p <= 1, "kv_cutoff",
               "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")
