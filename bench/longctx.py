@@ -144,13 +144,14 @@ def main(argv=None):
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--json")
     parser.add_argument("--plot")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     args = parser.parse_args(argv)
     tasks, policies = args.tasks.split(","), args.policies.split(",")
     lengths = [int(x) for x in args.lengths.split(",")] + ([65536] if args.long else [])
     budgets = [int(x) for x in args.budgets.split(",")]
     runs = [(p, b) for p in policies for b in ([budgets[0]] if p == "full" else budgets)]
     llm = LLM(args.model, max_model_len=max(lengths) + 256, max_num_batched_tokens=2048,
-              kv_cache_memory="4GiB")
+              kv_cache_memory="4GiB", prefill_threads=args.threads, decode_threads=args.threads)
     tok = llm.get_tokenizer()
     rows = []
     with tqdm(total=len(tasks) * len(lengths) * len(runs) * args.samples, desc="longctx") as bar:

@@ -40,10 +40,10 @@ REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction h
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
 
 
-def model_config(size: dict, max_positions: int) -> dict:
+def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) -> dict:
     cfg = {k: v for k, v in size.items() if k not in ("lengths", "tokens_per_step")}
     return {"architectures": ["MemoryLlamaForCausalLM"], "model_type": "memory_llama", "hidden_act": "relu",
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+            "rms_norm_eps": 1e-5, "rope_theta": rope_theta, "tie_word_embeddings": True,
             "max_position_embeddings": max_positions, "bos_token_id": 1, "eos_token_id": 2, **cfg}
 
 
@@ -152,6 +152,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rope-theta", type=float, default=10000.0,
+                        help="RoPE base of a new model (1e36: only the first rotary pairs are positional, NoPE-like)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
@@ -169,7 +171,10 @@ def main(argv=None):
         tokenizer = load_tokenizer(args.out)  # the one the saved weights were trained with
     else:
         tokenizer = train_tokenizer(size["vocab_size"], seed=args.seed, samples=60 if args.smoke else 400)
-    cfg = model_config(size, max_positions=4 * size["lengths"][-1])
+    cfg = model_config(size, max_positions=4 * size["lengths"][-1], rope_theta=args.rope_theta)
+    if args.resume and os.path.isfile(os.path.join(args.out, "config.json")):
+        with open(os.path.join(args.out, "config.json")) as f:
+            cfg["rope_theta"] = json.load(f)["rope_theta"]   # a resumed model keeps its own
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
     init_weights(model)
     value_params = [p for n, p in model.named_parameters() if "values" in n]
