@@ -63,3 +63,13 @@ def test_resume_from_exported_checkpoint_without_optimizer_state(tmp_path):
     again = train(tmp_path / "m", "--steps", "5", "--resume")
     assert first["step"] == 3 and again["step"] == 5
     assert again["curve"][:len(first["curve"])] == first["curve"]
+
+
+def test_exact_answer_rate_counts_answers_with_every_token_right():
+    import torch
+    from engine.demo.train import _exact_answers
+    answers = torch.tensor([[0, 1, 1, 0, 1, 1], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
+    keep = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 0]], dtype=torch.bool)   # where logits were computed
+    right = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)  # row 0's 2nd answer: one miss
+    got = _exact_answers(answers, keep, right[keep] & answers[keep], ["multikey", "passkey"])
+    assert got == {"multikey_exact": 0.5, "passkey_exact": 1.0}

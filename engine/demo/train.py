@@ -93,24 +93,45 @@ class Batcher:
 
 def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
-    teacher-forced answer-token accuracy, overall and per task (when the rows' `tasks` are given). `body` is the
-    decoder stack to run (default `model.model`; training may pass a compiled one)."""
+    teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
+    `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly).
+    `body` is the decoder stack to run (default `model.model`; training may pass a compiled one)."""
     positions = torch.arange(ids.shape[1] - 1)
     hidden = (model.model if body is None else body)(ids[:, :-1], positions, None, [None] * len(model.model.layers))
     keep = weights[:, 1:] > 0
     logits = model.lm_head(hidden[keep])
     target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
     loss = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
-    per_task = {}
+    if tasks is None:
+        with torch.no_grad():
+            return loss, (((logits.argmax(-1) == target) & ans).sum().item() / max(1, ans.sum().item()))
     with torch.no_grad():
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
-        if tasks is not None:
-            row = torch.arange(ids.shape[0])[:, None].expand_as(keep)[keep]
-            for name in set(tasks) - {"filler", "repeat"}:
-                rows = torch.tensor([t == name for t in tasks])[row] & ans
-                per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
-    return (loss, acc, per_task) if tasks is not None else (loss, acc)
+        per_task = {}
+        row = torch.arange(ids.shape[0])[:, None].expand_as(keep)[keep]
+        for name in set(tasks) - {"filler", "repeat"}:
+            rows = torch.tensor([t == name for t in tasks])[row] & ans
+            per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
+        per_task.update(_exact_answers(answers[:, 1:], keep, correct, tasks))
+    return loss, acc, per_task
+
+
+def _exact_answers(answers: torch.Tensor, keep: torch.Tensor, correct: torch.Tensor, tasks: list[str]) -> dict:
+    """Per task, the fraction of answers (runs of answer positions) whose every token was predicted right."""
+    starts = answers & ~F.pad(answers[:, :-1], (1, 0))
+    span = (starts.flatten().cumsum(0) - 1).view_as(answers)                   # answer index of each position
+    wrong = torch.zeros(int(starts.sum()))
+    is_wrong = torch.zeros_like(answers)
+    is_wrong[keep] = ~correct & answers[keep]
+    wrong.index_add_(0, span[answers], is_wrong[answers].float())
+    span_rows = starts.nonzero()[:, 0]
+    exact = {}
+    for name in set(tasks) - {"filler", "repeat"}:
+        mine = torch.tensor([tasks[r] == name for r in span_rows.tolist()], dtype=torch.bool)
+        if mine.any():
+            exact[f"{name}_exact"] = (wrong[mine] == 0).float().mean().item()
+    return exact
 
 
 def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
@@ -157,7 +178,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
-                        help="whose answer accuracy the curriculum watches: all tasks, or one")
+                        help="what the curriculum watches: all tasks' answer-token accuracy, or one task's "
+                             "exact-answer rate")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     minutes = args.minutes if args.minutes is not None else (40 / 60 if args.smoke else 90.0)
@@ -236,7 +258,7 @@ def main(argv=None):
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
                                     "answer_acc": round(acc_ema, 4), "max_len": max_len,
                                     "task_acc": {k: round(v, 3) for k, v in record.get("task_acc_ema", {}).items()}})
-        watched = acc_ema if args.advance_on == "all" else task_ema.get(args.advance_on, 0.0)
+        watched = acc_ema if args.advance_on == "all" else task_ema.get(f"{args.advance_on}_exact", 0.0)
         since = record["step"] - (record["stages"][-1]["step"] if record["stages"] else 0)
         if watched > args.advance_at and stage + 1 < len(size["lengths"]) and since > 50:
             record["stage"] += 1
