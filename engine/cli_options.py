@@ -32,6 +32,9 @@ _HELP = {
     "kv_cutoff": "actqkv: entropy | top_p",
     "kv_top_p": "actqkv: softmax mass kept by the top_p cut-off",
     "kv_warmup": "actqkv: query tokens of uniform probe weights before the activation bias",
+    "kv_offload": "keep the KV pool in host memory (pinned on CUDA) and the blocks a step attends in a device LRU "
+                  "cache; retrieval policies only (true/false)",
+    "kv_device_cache_blocks": "with --kv-offload: blocks per layer in the device cache (bounds device-resident KV)",
     "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
     "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
     "mlp_sparse_max_density": "union density of active rows above which dense kernels are used",

@@ -97,6 +97,9 @@ class LLMEngine:
         except TypeError as exc:
             raise SamplingParamsError("kv", f"unknown KV retrieval option: {exc}") from exc
         kv_config.validate(self.config.block_size)
+        problem = self.runner.offload_problem(kv_config)
+        if problem:
+            raise SamplingParamsError("kv_policy" if kv_config.policy == "full" else "kv_budget", problem)
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenize(prompt) if text is not None else list(prompt)
         if not ids:

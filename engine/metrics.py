@@ -72,9 +72,16 @@ class EngineMetrics:
         self.mlp_active = Gauge("actserve:mlp_active_fraction", "Fraction of MLP activations computed by sparse "
                                 "decode steps, per layer (since start).", layered, registry=self.registry)
         self.memory_rows = counter("memory_rows_read", "Memory-layer value rows read.")
+        self.cache_hits = counter("kv_device_cache_hits", "KV blocks found in the device cache (--kv-offload), "
+                                  "summed over layers.")
+        self.cache_misses = counter("kv_device_cache_misses", "KV blocks copied from host memory into the device "
+                                    "cache (--kv-offload), summed over layers.")
+        self.cache_hit_rate = Gauge("actserve:kv_device_cache_hit_rate", "Hits / lookups of the device KV cache "
+                                    "since start (--kv-offload).", ["model_name"], registry=self.registry)
         self._requests: dict[str, _RequestState] = {}
         self._preemptions_seen = 0
         self._memory_rows_seen = 0
+        self._cache_seen = (0, 0)
 
     def on_step(self, engine, outputs, step_seconds):
         """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
@@ -107,6 +114,12 @@ class EngineMetrics:
         if rows > self._memory_rows_seen:
             self.memory_rows.inc(rows - self._memory_rows_seen)
             self._memory_rows_seen = rows
+        hits, misses = runner.device_cache_counts()
+        if (hits, misses) != self._cache_seen:
+            self.cache_hits.inc(hits - self._cache_seen[0])
+            self.cache_misses.inc(misses - self._cache_seen[1])
+            self.cache_hit_rate.labels(self.model_name).set(hits / (hits + misses))
+            self._cache_seen = (hits, misses)
 
     def _on_output(self, out, now: float):
         state = self._requests.get(out.request_id)

@@ -11,6 +11,7 @@ from engine.kv.question import question_vectors
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import BlockSummaries
+from engine.kv.tiers import DeviceBlockCache, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
 from engine.layers.mlp import GatedMLP
@@ -46,9 +47,11 @@ class ModelRunner:
         self.block_size = config.block_size
         self.num_blocks = config.num_kv_blocks or max(1, config.kv_cache_memory // self.bytes_per_block())
         shape = (self.num_blocks, self.block_size, model_config.num_key_value_heads, model_config.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                           torch.zeros(shape, dtype=self.dtype, device=self.device))
+        pool = dict(dtype=self.dtype, device="cpu", pin_memory=self.device.type == "cuda") if config.kv_offload \
+            else dict(dtype=self.dtype, device=self.device)
+        self.kv_caches = [(torch.zeros(shape, **pool), torch.zeros(shape, **pool))
                           for _ in range(model_config.num_hidden_layers)]
+        self.kv_tiers = self._make_tiers() if config.kv_offload else None
         self.summaries = BlockSummaries(model_config.num_hidden_layers, self.num_blocks, self.block_size,
                                         model_config.num_key_value_heads, model_config.head_dim, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
@@ -60,6 +63,28 @@ class ModelRunner:
         cores = torch.get_num_threads()
         self.decode_threads = config.decode_threads or cores
         self.prefill_threads = config.prefill_threads or cores
+
+    def _make_tiers(self) -> list[DeviceBlockCache]:
+        capacity, bs = self.config.kv_device_cache_blocks, self.block_size
+        problem = offload_problem(self.config.kv_config(), bs, capacity)
+        step_blocks = -(-self.config.max_num_batched_tokens // bs) + self.config.max_num_seqs
+        if problem is None and step_blocks > capacity:
+            problem = (f"a step writes into up to {step_blocks} blocks per layer (max_num_batched_tokens / block "
+                       f"size + max_num_seqs) but the device cache holds {capacity}.")
+        if problem:
+            raise ValueError(f"--kv-offload: {problem}")
+        log.info("KV tiers: pool in %s memory, device cache of %d blocks per layer", "pinned host" if
+                 self.device.type == "cuda" else "host", capacity)
+        return [DeviceBlockCache(k, v, capacity, self.device) for k, v in self.kv_caches]
+
+    def offload_problem(self, kv) -> str | None:
+        """Why a request's KV settings cannot run on this engine's KV tiers (None without tiers or if they can)."""
+        return None if self.kv_tiers is None else offload_problem(kv, self.block_size, self.kv_tiers[0].capacity)
+
+    def device_cache_counts(self) -> tuple[int, int]:
+        """Device KV cache (hits, misses) summed over layers, since start; (0, 0) without tiers."""
+        tiers = self.kv_tiers or []
+        return sum(t.hits for t in tiers), sum(t.misses for t in tiers)
 
     def bytes_per_block(self) -> int:
         c = self.model_config
@@ -139,7 +164,8 @@ class ModelRunner:
             if state is not None:
                 retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
                                                 torch.tensor(seq.block_table, dtype=torch.long, device=dev), state,
-                                                prefilling=start < seq.num_prompt_tokens))
+                                                prefilling=start < seq.num_prompt_tokens,
+                                                block_table=list(seq.block_table)))
                 continue
             if n == 1:
                 decode_rows.append(row)
@@ -151,11 +177,14 @@ class ModelRunner:
                 q_start=row, q_len=n, ctx_start=start,
                 kv_slots=None if start == 0 else all_slots.to(dev),
                 mask=None if plain_causal else causal_mask(start, n, window).to(dev)))
+        slot_mapping = torch.cat(slots)
         meta = AttentionMetadata(
-            slot_mapping=torch.cat(slots).to(dev), prefills=prefills,
+            slot_mapping=slot_mapping.to(dev), prefills=prefills,
             decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
             **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
-            retrieval_context=RetrievalContext(self.summaries, self.model.model.rotary_emb, bs) if retrieval else None)
+            retrieval_context=RetrievalContext(self.summaries, self.model.model.rotary_emb, bs, self.kv_tiers)
+            if retrieval else None,
+            slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 

@@ -20,6 +20,7 @@ import torch
 from engine.kv import policies
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import BlockSummaries
+from engine.kv.tiers import DeviceBlockCache
 from engine.layers.rotary import RotaryEmbedding, rotate_by
 
 
@@ -37,6 +38,7 @@ class RetrievalSlice:
     block_ids: torch.Tensor       # the sequence's block table
     state: SequenceKVState
     prefilling: bool = False      # the step's tokens are (part of) the prompt
+    block_table: list[int] | None = None   # block_ids on the host (KV tiers); None: read from block_ids
 
 
 @dataclass
@@ -44,12 +46,18 @@ class RetrievalContext:
     summaries: BlockSummaries
     rotary: RotaryEmbedding
     block_size: int
+    tiers: list[DeviceBlockCache] | None = None   # per layer, with --kv-offload: the pool is read through these
 
 
 def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, item: RetrievalSlice,
                         layer: int, ctx: RetrievalContext, scale: float) -> torch.Tensor:
-    """q [T, H, D] (post-RoPE) for positions ctx_start.. -> attention output [T, H, D]."""
+    """q [T, H, D] (post-RoPE) for positions ctx_start.. -> attention output [T, H, D]. `k_flat`/`v_flat` are the
+    pool's flat views; with KV tiers the blocks are read through the layer's device cache instead."""
     cfg, bs = item.state.config, ctx.block_size
+    tier = ctx.tiers[layer] if ctx.tiers is not None else None
+    if tier is not None:
+        k_flat, v_flat = tier.k_flat, tier.v_flat
+        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
     summaries = ctx.summaries
     summaries.received[layer][item.slots[item.ctx_start:]] = 0.0
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
@@ -61,11 +69,11 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         local_start = max(sink_end, (b - cfg.local) // bs * bs)
         if cfg.policy == "full" or local_start <= sink_end:
             local_start = 0  # every key is local: exact causal attention
-        _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk)
+        _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk, tier)
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
         global_pos, global_keep = positions[:0], None
-        q_global = None
+        q_global, chosen = None, positions[:0]
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
             q_global = _one_angle(qw, positions, cfg.local, ctx.rotary)
@@ -77,11 +85,16 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
                 global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep])
         global_slots = item.slots[global_pos]
         local_slots = item.slots[local_start:b]
+        read_global, read_local = global_slots, local_slots
+        if tier is not None:   # sinks, local region and retrieved blocks resident at once
+            tier.resident(table[:sink_end // bs] + table[local_start // bs:-(-b // bs)]
+                          + item.block_ids[chosen].flatten().tolist())
+            read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
             retrieved = global_pos if global_keep is None else global_pos[global_keep]
             chosen_blocks = set((retrieved[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
-        out[rows] = _attend(qw, q_global, a, positions, global_pos, global_slots, global_keep, local_slots,
+        out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
                             record_received=cfg.policy in REPRESENTATIVE_POLICIES)
         attended_global = (global_slots.shape[0] if global_keep is None
@@ -142,11 +155,11 @@ def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
     return rotate_by(q, distance - positions, rotary)
 
 
-def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, local_start, k_flat,
-            v_flat, layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
+def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
+            local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
     their log-sum-exp: global keys (only those in `global_keep`, when given), local keys before the window, and the
-    window itself (causal)."""
+    window itself (causal). Slots index `k_flat`/`v_flat`; `pool_local_slots` are the local keys' pool slots."""
     w, heads, dim = qw.shape
     keys_local = k_flat.index_select(0, local_slots).float()
     values_local = v_flat.index_select(0, local_slots).float()
@@ -167,7 +180,7 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
     out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
     if record_received:
-        _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale)
+        _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale)
     return out[0].permute(1, 0, 2).to(qw.dtype)
 
 
@@ -211,7 +224,8 @@ def _record_received(q_heads, keys_local, local_start, positions, lse, local_slo
     ctx.summaries.received[layer].index_add_(0, local_slots, probs.sum(1).T)
 
 
-def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int):
+def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int,
+              tier: DeviceBlockCache | None = None):
     """Summarise the sequence's blocks that have left the local region (logical blocks below `upto`)."""
     done = item.state.finalized[layer]
     if upto <= done:
@@ -219,6 +233,10 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
     bs = ctx.block_size
     logical = torch.arange(done, upto, device=k_flat.device)
     physical = item.block_ids[logical]
-    keys = k_flat.view(-1, bs, *k_flat.shape[1:])[physical]
+    if tier is not None:
+        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
+        tier.resident(table[done:upto])
+    read = physical if tier is None else tier.where[physical]
+    keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
     ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk)
     item.state.finalized[layer] = upto

@@ -32,6 +32,7 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool; None when no key is padding or out of the window
     retrieval: list[RetrievalSlice] = field(default_factory=list)   # sequences under a KV selection policy
     retrieval_context: RetrievalContext | None = None
+    slot_mapping_host: list[int] | None = None   # slot_mapping on the host (KV tiers)
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -68,8 +69,12 @@ class Attention(torch.nn.Module):
         q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
         k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
         v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
-        k_flat.index_copy_(0, meta.slot_mapping, k)
-        v_flat.index_copy_(0, meta.slot_mapping, v)
+        tiers = meta.retrieval_context.tiers if meta.retrieval_context is not None else None
+        if tiers is not None:   # --kv-offload: written into the device cache, the pool is host memory
+            tiers[self.layer_idx].write(meta.slot_mapping, meta.slot_mapping_host, k, v)
+        else:
+            k_flat.index_copy_(0, meta.slot_mapping, k)
+            v_flat.index_copy_(0, meta.slot_mapping, v)
 
         out = torch.empty_like(q)
         for p in meta.prefills:

@@ -1,0 +1,119 @@
+"""KV tiers: the block pool in host memory and an LRU cache of blocks on the device in front of it.
+
+With `--kv-offload` the paged pool lives in host memory (pinned on CUDA) and only the blocks a step touches are
+resident on the device, in a per-layer cache of `--kv-device-cache-blocks` blocks: the device-resident KV is bounded
+by the cache, not by the context length. The cache is write-back: a step's new keys and values are written into
+cached blocks, and a block is copied back to the pool only when it is evicted dirty. Copies run on a side stream on
+CUDA. On the CPU both tiers are RAM (the same code path, used by the tests); without offload there is one tier and
+the pool is read directly.
+
+Only retrieval policies read through the cache: each window of a request needs its sinks, local region and
+retrieved blocks resident at once, which the cache must hold (checked at start-up against the engine's settings).
+"""
+from collections import OrderedDict
+
+import torch
+
+
+class DeviceBlockCache:
+    """One layer's device cache of KV blocks in front of its host pool (see the module docstring)."""
+
+    def __init__(self, k_host: torch.Tensor, v_host: torch.Tensor, capacity: int, device: torch.device):
+        self.k_host, self.v_host = k_host, v_host                 # [num_blocks, bs, Hkv, D]
+        self.block_size = k_host.shape[1]
+        shape = (capacity, *k_host.shape[1:])
+        self.k = torch.zeros(shape, dtype=k_host.dtype, device=device)
+        self.v = torch.zeros(shape, dtype=k_host.dtype, device=device)
+        self.k_flat, self.v_flat = self.k.view(-1, *shape[2:]), self.v.view(-1, *shape[2:])
+        self.capacity = capacity
+        self.where = torch.full((k_host.shape[0],), -1, dtype=torch.long, device=device)  # block -> cache slot
+        self.lru: OrderedDict[int, int] = OrderedDict()           # resident blocks, least recently used first
+        self.dirty: set[int] = set()
+        self.free = list(range(capacity - 1, -1, -1))
+        self.hits = self.misses = 0
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def resident(self, blocks, dirty: bool = False):
+        """Load the missing ones of the physical `blocks` (list or tensor; a tensor is read on the host), evicting
+        the least recently used others."""
+        wanted = list(dict.fromkeys(blocks.flatten().tolist() if torch.is_tensor(blocks) else blocks))
+        if len(wanted) > self.capacity:
+            raise RuntimeError(f"a window needs {len(wanted)} KV blocks resident but the device cache holds "
+                               f"{self.capacity}: raise --kv-device-cache-blocks")
+        keep = set(wanted)
+        loads, evictions = [], []
+        for block in wanted:
+            if block in self.lru:
+                self.lru.move_to_end(block)
+                self.hits += 1
+                continue
+            self.misses += 1
+            if self.free:
+                slot = self.free.pop()
+            else:
+                old = next(b for b in self.lru if b not in keep)
+                slot = self.lru.pop(old)
+                evictions.append((old, slot))
+            self.lru[block] = slot
+            loads.append((block, slot))
+        if dirty:
+            self.dirty.update(wanted)
+        if loads:
+            self._copy(evictions, loads)
+
+    def _copy(self, evictions, loads):
+        current = torch.cuda.current_stream() if self.stream is not None else None
+        if self.stream is not None:
+            self.stream.wait_stream(current)   # the slots being reused are no longer read by queued compute
+        with torch.cuda.stream(self.stream) if self.stream is not None else _nothing():
+            for block, slot in evictions:
+                if block in self.dirty:
+                    self.k_host[block].copy_(self.k[slot], non_blocking=True)
+                    self.v_host[block].copy_(self.v[slot], non_blocking=True)
+                    self.dirty.discard(block)
+            for block, slot in loads:
+                self.k[slot].copy_(self.k_host[block], non_blocking=True)
+                self.v[slot].copy_(self.v_host[block], non_blocking=True)
+        gone = torch.tensor([b for b, _ in evictions], dtype=torch.long)
+        moved = torch.tensor([b for b, _ in loads], dtype=torch.long)
+        self.where[gone.to(self.where.device)] = -1
+        self.where[moved.to(self.where.device)] = torch.tensor([s for _, s in loads]).to(self.where.device)
+        if self.stream is not None:
+            current.wait_stream(self.stream)
+
+    def translate(self, slots: torch.Tensor) -> torch.Tensor:
+        """Pool slots (block·bs + offset, any shape) of resident blocks -> slots of the cache's flat views."""
+        return self.where[slots // self.block_size] * self.block_size + slots % self.block_size
+
+    def write(self, slots: torch.Tensor, slots_host: list[int], k: torch.Tensor, v: torch.Tensor):
+        """Write a step's new keys/values (pool `slots`, also given on the host) into their cached blocks."""
+        self.resident(sorted({s // self.block_size for s in slots_host}), dirty=True)
+        cached = self.translate(slots)
+        self.k_flat.index_copy_(0, cached, k)
+        self.v_flat.index_copy_(0, cached, v)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def window_blocks(sink: int, local: int, window: int, budget_blocks: int, block_size: int) -> int:
+    """The most blocks one prefill window of one request needs resident: sinks, the local region reaching back
+    from the window's end (plus its partial block), and up to 2·budget_blocks retrieved blocks."""
+    return -(-sink // block_size) + -(-(local + window) // block_size) + 1 + 2 * budget_blocks
+
+
+def offload_problem(kv, block_size: int, capacity: int) -> str | None:
+    """Why a request's KV settings cannot be served with KV tiers (None if they can)."""
+    if kv.policy == "full":
+        return ("kv_policy full attends the whole context, which --kv-offload keeps off the device: "
+                "choose a retrieval policy (streaming, infllm, quest, actqkv).")
+    need = window_blocks(kv.sink, kv.local, kv.window, kv.blocks_per_layer(block_size), block_size)
+    if need > capacity:
+        return (f"these KV settings need {need} blocks resident per layer but the device cache holds {capacity} "
+                f"(--kv-device-cache-blocks): lower kv_budget, kv_local or kv_window.")
+    return None

@@ -1,0 +1,79 @@
+"""KV tiers (--kv-offload): the pool in host memory behind a device LRU cache gives the same outputs as one tier."""
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.kv.tiers import DeviceBlockCache
+from engine.sampling_params import SamplingParamsError
+
+SMALL = dict(kv_budget=192, kv_sink=32, kv_local=64, kv_window=48, block_size=16, max_model_len=1024,
+             num_kv_blocks=160, max_num_batched_tokens=256, max_num_seqs=4)
+PROMPTS = [[3 + (i * 37 + j * 11) % 370 for i in range(600 + 50 * j)] for j in range(2)]
+
+
+def generate(llm, **kv):
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), kv=kv)
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.fixture(scope="module")
+def engines(checkpoint):
+    path = checkpoint("llama")
+    return (LLM(path, kv_policy="actqkv", **SMALL),
+            LLM(path, kv_policy="actqkv", kv_offload=True, kv_device_cache_blocks=24, **SMALL))
+
+
+@pytest.mark.parametrize("kv", [dict(policy="actqkv", positions="bounded"), dict(policy="actqkv", per_head=True),
+                                dict(policy="quest"), dict(policy="infllm"), dict(policy="streaming")])
+def test_offloaded_pool_gives_the_same_tokens_as_one_tier(engines, kv):
+    one_tier, tiered = engines
+    hits, misses = tiered.engine.runner.device_cache_counts()
+    assert generate(tiered, **kv) == generate(one_tier, **kv)
+    new_hits, new_misses = tiered.engine.runner.device_cache_counts()
+    blocks = sum(-(-(len(p) + 10) // 16) for p in PROMPTS) * tiered.engine.runner.model_config.num_hidden_layers
+    assert new_hits > hits and new_misses - misses > blocks   # a cache of 24 blocks had to reload evicted ones
+    cache = tiered.engine.runner.kv_tiers[0]
+    assert cache.k.shape[0] == 24 and len(cache.lru) <= 24 and cache.k_host.device.type == "cpu"
+
+
+def test_offload_refuses_what_it_cannot_hold(checkpoint, engines):
+    _, tiered = engines
+    with pytest.raises(ValueError, match="kv-offload"):
+        LLM(checkpoint("llama"), kv_offload=True, **SMALL)             # the engine's default policy is full
+    with pytest.raises(SamplingParamsError, match="full"):
+        tiered.generate([PROMPTS[0]], SamplingParams(max_tokens=2), kv={"policy": "full"})
+    with pytest.raises(SamplingParamsError, match="device cache"):
+        tiered.generate([PROMPTS[0]], SamplingParams(max_tokens=2), kv={"policy": "actqkv", "budget": 1024})
+
+
+def test_device_cache_writes_back_evicted_blocks():
+    torch.manual_seed(0)
+    k_host, v_host = torch.zeros(6, 4, 1, 2), torch.zeros(6, 4, 1, 2)
+    cache = DeviceBlockCache(k_host, v_host, capacity=2, device=torch.device("cpu"))
+    k, v = torch.randn(8, 1, 2), torch.randn(8, 1, 2)
+    slots = torch.tensor([0, 1, 2, 3, 20, 21, 22, 23])          # blocks 0 and 5
+    cache.write(slots, slots.tolist(), k, v)
+    assert k_host.abs().sum() == 0                              # write-back: nothing reached the pool yet
+    cache.resident([1, 2])                                      # evicts both dirty blocks
+    assert torch.equal(k_host.view(-1, 1, 2)[slots], k) and torch.equal(v_host.view(-1, 1, 2)[slots], v)
+    cache.resident([5])
+    assert torch.equal(cache.k_flat[cache.translate(slots[4:])], k[4:])
+    assert (cache.hits, cache.misses) == (0, 5)
+    with pytest.raises(RuntimeError, match="kv-device-cache-blocks"):
+        cache.resident([0, 1, 2])
+
+
+def test_metrics_report_the_device_cache_hit_rate(engines):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from engine.metrics import EngineMetrics
+    _, tiered = engines
+    metrics = EngineMetrics("m", CollectorRegistry())
+    generate(tiered, policy="actqkv")
+    metrics.on_step(tiered.engine, [], 0.01)
+    samples = {s.name: s.value for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+               for s in f.samples}
+    hits, misses = tiered.engine.runner.device_cache_counts()
+    assert samples["actserve:kv_device_cache_hits_total"] == hits > 0
+    assert samples["actserve:kv_device_cache_misses_total"] == misses > 0
+    assert samples["actserve:kv_device_cache_hit_rate"] == pytest.approx(hits / (hits + misses))
