@@ -5,9 +5,10 @@
 
 1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
    `F.linear` at 50% density, batch 1/2/4, on the 1.1B shape's MLP matrices.
-2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal.
+2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal; the
+   retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict).
 3. Decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given contexts, random demo-shape
-   weights (speed only).
+   weights (speed only); and `actqkv` with the pool offloaded to pinned host memory.
 4. Host synchronisations inside ActQKV's windowed attention on the device (prefill windows and a decode step,
    counted by CUDA's sync debug mode): the aim is none.
 """
@@ -73,23 +74,31 @@ def check_policies(device: str, path: str) -> list[dict]:
     small = dict(kv_budget=192, kv_sink=32, kv_local=64, kv_window=48, block_size=16, max_model_len=1024,
                  num_kv_blocks=160, max_num_batched_tokens=256, dtype="float32")
     engines = {d: LLM(path, device=d, **small) for d in ("cpu", device)}
+    engines["offload"] = LLM(path, device=device, kv_offload=True, kv_device_cache_blocks=24, kv_policy="actqkv",
+                             **{**small, "max_num_seqs": 4})
     rows = []
     for policy in ("full", "streaming", "infllm", "quest", "actqkv"):
         outs = {d: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": policy})]
-                for d, llm in engines.items()}
-        rows.append({"policy": policy, "device": device, "tokens_equal_cpu": outs["cpu"] == outs[device]})
+                for d, llm in engines.items() if d != "offload" or policy != "full"}
+        rows.append({"policy": policy, "device": device, "tokens_equal_cpu": outs["cpu"] == outs[device],
+                     "offloaded_tokens_equal_cpu": outs["cpu"] == outs["offload"] if "offload" in outs else None})
+    hits, misses = engines["offload"].engine.runner.device_cache_counts()
+    rows.append({"device_cache_hits": hits, "device_cache_misses": misses})
     return rows
 
 
 def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
     llm = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
               max_num_batched_tokens=4096)
+    offloaded = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
+                    max_num_batched_tokens=4096, max_num_seqs=8, kv_policy="actqkv", kv_offload=True)
     rows = []
     for n in contexts:
         prompt = [5 + (i * 7) % 3000 for i in range(n)]
         row = {"context_len": n, "device": device}
-        for policy in ("full", "actqkv"):
-            engine = llm.engine
+        for label in ("full", "actqkv", "actqkv_offload"):
+            engine = (offloaded if label == "actqkv_offload" else llm).engine
+            policy = label.removesuffix("_offload")
             request = engine.add_request(f"{policy}-{n}", prompt, SamplingParams(temperature=0, max_tokens=33,
                                                                                   ignore_eos=True),
                                          kv={"policy": policy, "budget": 2048, "positions": "bounded"})
@@ -101,7 +110,7 @@ def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
             while engine.has_unfinished_requests():
                 engine.step()
             synchronize(device)
-            row[f"{policy}_decode_ms"] = (time.perf_counter() - start) / 32 * 1e3
+            row[f"{label}_decode_ms"] = (time.perf_counter() - start) / 32 * 1e3
         row["actqkv_speedup"] = row["full_decode_ms"] / row["actqkv_decode_ms"]
         rows.append(row)
     return rows
