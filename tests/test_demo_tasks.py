@@ -51,3 +51,11 @@ def test_scorers():
     assert first_int("none") is None
     s = GENERATORS["variable_tracking"](random.Random(2), 512, 0.3, lambda t: len(t) // 4)
     assert score(s, " ".join(s.references[:2])) == pytest.approx(2 / len(s.references))
+
+
+def test_tokenizer_splits_numbers_into_whole_three_digit_chunks():
+    tok = train_tokenizer(4096, samples=40, digit_group=3)   # raises if any chunk of 1-3 digits is not one token
+    pieces = [tok.decode([i]) for i in tok.encode("is: 1234567.", add_special_tokens=False)]
+    assert pieces[-4:] == ["123", "456", "7", "."]
+    text = "héllo wörld 😀 0042"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
