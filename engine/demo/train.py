@@ -26,11 +26,11 @@ from engine.demo.tokenizer import train_tokenizer
 from engine.models.memory_llama import MemoryLlamaForCausalLM
 from engine.models.model_config import ModelConfig
 
-FULL = dict(vocab_size=4096, digit_group=3, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
             num_key_value_heads=4, memory_heads=1, memory_num_keys=32, memory_key_dim=64, memory_value_dim=64,
             memory_pre_value_dim=64, memory_topk=8, lengths=[128, 256, 512, 1024, 2048],
             tokens_per_step=[2048, 2048, 4096, 8192, 8192])
-SMOKE = dict(vocab_size=512, digit_group=1, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
              memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
 TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.3), ("filler", 0.1)]
@@ -41,7 +41,7 @@ GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retri
 
 
 def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) -> dict:
-    cfg = {k: v for k, v in size.items() if k not in ("lengths", "tokens_per_step", "digit_group")}
+    cfg = {k: v for k, v in size.items() if k not in ("lengths", "tokens_per_step")}
     return {"architectures": ["MemoryLlamaForCausalLM"], "model_type": "memory_llama", "hidden_act": "relu",
             "rms_norm_eps": 1e-5, "rope_theta": rope_theta, "tie_word_embeddings": True,
             "max_position_embeddings": max_positions, "bos_token_id": 1, "eos_token_id": 2, **cfg}
@@ -175,6 +175,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rope-theta", type=float, default=10000.0,
                         help="RoPE base of a new model (1e36: only the first rotary pairs are positional, NoPE-like)")
+    parser.add_argument("--digit-group", type=int, default=1,
+                        help="a new tokenizer's digits per number token: 1, or 3 (chunks of up to three digits, "
+                             "vocabulary 4096)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
@@ -192,12 +195,14 @@ def main(argv=None):
         from engine.tokenizer import load_tokenizer
         tokenizer = load_tokenizer(args.out)  # the one the saved weights were trained with
     else:
+        if args.digit_group > 1:
+            size = {**size, "vocab_size": max(size["vocab_size"], 4096)}   # room for the 1,110 digit chunks
         tokenizer = train_tokenizer(size["vocab_size"], seed=args.seed, samples=60 if args.smoke else 400,
-                                    digit_group=size["digit_group"])
+                                    digit_group=args.digit_group)
     cfg = model_config(size, max_positions=4 * size["lengths"][-1], rope_theta=args.rope_theta)
     if args.resume and os.path.isfile(os.path.join(args.out, "config.json")):
         with open(os.path.join(args.out, "config.json")) as f:
-            cfg["rope_theta"] = json.load(f)["rope_theta"]   # a resumed model keeps its own
+            cfg = json.load(f)   # a resumed model keeps its own shape, vocabulary and rope
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
     init_weights(model)
     value_params = [p for n, p in model.named_parameters() if "values" in n]
