@@ -6,6 +6,7 @@ in `prompt_tokens_total`; every generated token of every sequence counts in `gen
 """
 import time
 
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
@@ -103,10 +104,12 @@ class EngineMetrics:
     def _technique_metrics(self, runner):
         states = list(runner.kv_states.values())
         if states:
-            for layer in range(len(states[0].tokens_attended)):
+            attended = _on_host([s.tokens_attended for s in states])     # [sequences][layers]
+            selected = _on_host([s.blocks_selected for s in states])
+            for layer in range(len(attended[0])):
                 name = (self.model_name, str(layer))
-                self.kv_tokens_attended.labels(*name).set(sum(s.tokens_attended[layer] for s in states) / len(states))
-                self.kv_blocks_selected.labels(*name).set(sum(s.blocks_selected[layer] for s in states) / len(states))
+                self.kv_tokens_attended.labels(*name).set(sum(row[layer] for row in attended) / len(states))
+                self.kv_blocks_selected.labels(*name).set(sum(row[layer] for row in selected) / len(states))
         for layer, skipped in enumerate(runner.sparsity.achieved()):
             self.mlp_active.labels(self.model_name, str(layer)).set(1.0 - skipped)
         memories = getattr(runner.model, "memory_layers", lambda: [])()
@@ -150,3 +153,10 @@ class EngineMetrics:
             self.e2e.observe(max(0.0, (m.get("finished_time") or now) - arrival))
             if m.get("scheduled_time") is not None:
                 self.queue_time.observe(max(0.0, m["scheduled_time"] - arrival))
+
+
+def _on_host(rows: list[list]) -> list[list[float]]:
+    """Numbers that may be device tensors (ActQKV's counts off the CPU), read with one host sync."""
+    tensors = [v for row in rows for v in row if torch.is_tensor(v)]
+    read = iter(torch.stack([t.float() for t in tensors]).tolist() if tensors else [])
+    return [[next(read) if torch.is_tensor(v) else float(v) for v in row] for row in rows]

@@ -66,7 +66,7 @@ class ModelRunner:
 
     def _make_tiers(self) -> list[DeviceBlockCache]:
         capacity, bs = self.config.kv_device_cache_blocks, self.block_size
-        problem = offload_problem(self.config.kv_config(), bs, capacity)
+        problem = offload_problem(self.config.kv_config(), bs, capacity, self.model_config.num_key_value_heads)
         step_blocks = -(-self.config.max_num_batched_tokens // bs) + self.config.max_num_seqs
         if problem is None and step_blocks > capacity:
             problem = (f"a step writes into up to {step_blocks} blocks per layer (max_num_batched_tokens / block "
@@ -79,7 +79,9 @@ class ModelRunner:
 
     def offload_problem(self, kv) -> str | None:
         """Why a request's KV settings cannot run on this engine's KV tiers (None without tiers or if they can)."""
-        return None if self.kv_tiers is None else offload_problem(kv, self.block_size, self.kv_tiers[0].capacity)
+        if self.kv_tiers is None:
+            return None
+        return offload_problem(kv, self.block_size, self.kv_tiers[0].capacity, self.model_config.num_key_value_heads)
 
     def device_cache_counts(self) -> tuple[int, int]:
         """Device KV cache (hits, misses) summed over layers, since start; (0, 0) without tiers."""
@@ -184,7 +186,7 @@ class ModelRunner:
             **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
             retrieval_context=RetrievalContext(self.summaries, self.model.model.rotary_emb, bs, self.kv_tiers)
             if retrieval else None,
-            slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None)
+            slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 

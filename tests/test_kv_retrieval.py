@@ -210,8 +210,8 @@ def test_actqkv_per_kv_head_selection_runs_within_budget(checkpoint, positions):
     assert len(with_shared[0]) == 5
 
 
-@pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "top_p"),
-                                                       ("bounded", False, "entropy")])
+@pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "entropy"),
+                                                       ("original", True, "top_p"), ("bounded", False, "top_p")])
 def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
     """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
     the blocks the CPU path slices out."""

@@ -20,7 +20,7 @@ def generate(llm, **kv):
 def engines(checkpoint):
     path = checkpoint("llama")
     return (LLM(path, kv_policy="actqkv", **SMALL),
-            LLM(path, kv_policy="actqkv", kv_offload=True, kv_device_cache_blocks=24, **SMALL))
+            LLM(path, kv_policy="actqkv", kv_offload=True, kv_device_cache_blocks=32, **SMALL))
 
 
 @pytest.mark.parametrize("kv", [dict(policy="actqkv", positions="bounded"), dict(policy="actqkv", per_head=True),
@@ -31,9 +31,11 @@ def test_offloaded_pool_gives_the_same_tokens_as_one_tier(engines, kv):
     assert generate(tiered, **kv) == generate(one_tier, **kv)
     new_hits, new_misses = tiered.engine.runner.device_cache_counts()
     blocks = sum(-(-(len(p) + 10) // 16) for p in PROMPTS) * tiered.engine.runner.model_config.num_hidden_layers
-    assert new_hits > hits and new_misses - misses > blocks   # a cache of 24 blocks had to reload evicted ones
+    assert new_hits > hits
+    if kv["policy"] != "streaming":   # retrieved blocks left the 32-block cache and came back (streaming reads only
+        assert new_misses - misses > blocks   # sinks and recent blocks, which stay cached)
     cache = tiered.engine.runner.kv_tiers[0]
-    assert cache.k.shape[0] == 24 and len(cache.lru) <= 24 and cache.k_host.device.type == "cpu"
+    assert cache.k.shape[0] == 32 and len(cache.lru) <= 32 and cache.k_host.device.type == "cpu"
 
 
 def test_offload_refuses_what_it_cannot_hold(checkpoint, engines):
@@ -58,7 +60,12 @@ def test_device_cache_writes_back_evicted_blocks():
     assert torch.equal(k_host.view(-1, 1, 2)[slots], k) and torch.equal(v_host.view(-1, 1, 2)[slots], v)
     cache.resident([5])
     assert torch.equal(cache.k_flat[cache.translate(slots[4:])], k[4:])
-    assert (cache.hits, cache.misses) == (0, 5)
+    assert (cache.hits, cache.misses) == (0, 3)                # writes are not counted as lookups
+    cache.k[cache.where[5]] += 1.0                              # changed in the cache but not written: clean
+    cache.resident([5, 1])
+    cache.resident([0, 2])                                      # evicts 5 (clean) and 1 (least recently used)
+    assert torch.equal(k_host.view(-1, 1, 2)[slots[4:]], k[4:])  # the clean block was not copied back
+    assert (cache.hits, cache.misses) == (1, 6)
     with pytest.raises(RuntimeError, match="kv-device-cache-blocks"):
         cache.resident([0, 1, 2])
 

@@ -73,11 +73,11 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
         global_pos, global_keep = positions[:0], None
-        q_global, chosen = None, positions[:0]
+        q_global, retrieved = None, []
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
-            q_global = _one_angle(qw, positions, cfg.local, ctx.rotary)
-            chosen, keep = _select(qw, q_global, item, layer, ctx, first, last, mean_k)   # [K] or [K, Hkv]
+            q_global = _one_angle(qw, positions, cfg.local, ctx.rotary, max(abs(cfg.local - a), abs(cfg.local - b)) + 1)
+            chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K] / [K, Hkv]
             sinks = _expand(torch.arange(sink_end, device=q.device), chosen)
             block_pos, block_keep = _block_positions(chosen, bs, keep)
             global_pos = torch.cat([sinks, block_pos])
@@ -87,12 +87,11 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         local_slots = item.slots[local_start:b]
         read_global, read_local = global_slots, local_slots
         if tier is not None:   # sinks, local region and retrieved blocks resident at once
-            tier.resident(table[:sink_end // bs] + table[local_start // bs:-(-b // bs)]
-                          + item.block_ids[chosen].flatten().tolist())
+            tier.resident(table[:sink_end // bs] + table[local_start // bs:-(-b // bs)] + retrieved)
             read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
-            retrieved = global_pos if global_keep is None else global_pos[global_keep]
-            chosen_blocks = set((retrieved[sink_end:] // bs).flatten().tolist()) if local_start > sink_end else set()
+            picked = global_pos[sink_end:] if global_keep is None else global_pos[sink_end:][global_keep[sink_end:]]
+            chosen_blocks = set((picked // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
@@ -104,8 +103,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
 
 
 def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
-    """Logical indices of the chosen candidate blocks (between `first` and `last`), and None; or, where the count
-    is a device tensor (ActQKV's cut-off off the CPU), a static top-(2k) and the mask of those kept."""
+    """(logical indices of the chosen candidate blocks (between `first` and `last`), None, their physical ids on
+    the host with KV tiers or else None); or, where the count is a device tensor (ActQKV's cut-off off the CPU,
+    without tiers), a static top-(2k), the mask of those kept, and None."""
     cfg, s = item.state.config, ctx.summaries
     physical = item.block_ids[first:last]
     if cfg.policy == "streaming":
@@ -118,12 +118,19 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
         else:
             scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer, item.prefilling)
         chosen, count = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
+    if ctx.tiers is not None:   # the blocks are fetched by their ids on the host: the count comes in the same read
+        host = torch.cat([chosen.flatten(), torch.as_tensor(count, device=chosen.device).view(1)]).tolist()
+        count = host[-1]
+        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
+        item.state.blocks_selected[layer] = count
+        ids = host[:count * (chosen.shape[1] if chosen.dim() == 2 else 1)]
+        return chosen[:count] + first, None, [table[first + i] for i in ids]
     if isinstance(count, int) or (chosen.device.type == "cpu" and not STATIC_SELECTION):
         count = int(count)   # free on the CPU
         item.state.blocks_selected[layer] = count
-        return chosen[:count] + first, None
+        return chosen[:count] + first, None, None
     item.state.blocks_selected[layer] = count
-    return chosen + first, torch.arange(chosen.shape[0], device=chosen.device) < count
+    return chosen + first, torch.arange(chosen.shape[0], device=chosen.device) < count, None
 
 
 def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -150,9 +157,9 @@ def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return flat[slots, torch.arange(flat.shape[1], device=slots.device)]
 
 
-def _one_angle(q, positions, distance: int, rotary) -> torch.Tensor:
+def _one_angle(q, positions, distance: int, rotary, max_offset: int) -> torch.Tensor:
     """Queries moved from their positions to position `distance` (pre-RoPE keys then sit `distance` behind)."""
-    return rotate_by(q, distance - positions, rotary)
+    return rotate_by(q, distance - positions, rotary, max_offset)
 
 
 def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
@@ -173,7 +180,7 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         keys_global = _gather(k_flat, global_slots).float()
         q_for_global = q_heads
         if bounded and q_global is not None:
-            keys_global = rotate_by(keys_global, -global_pos, ctx.rotary)   # back to pre-RoPE
+            keys_global = rotate_by(keys_global, -global_pos, ctx.rotary, local_start)   # back to pre-RoPE
             q_for_global = q_global.float().permute(1, 0, 2)[None]
         pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale,
                              mask=global_keep))
@@ -238,5 +245,5 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
         tier.resident(table[done:upto])
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
-    ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk)
+    ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk, last_position=upto * bs)
     item.state.finalized[layer] = upto

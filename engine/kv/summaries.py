@@ -22,12 +22,12 @@ class BlockSummaries:
         self.received = make(num_blocks * block_size, kv_heads)
 
     def finalize(self, layer: int, block_ids: torch.Tensor, first_position: torch.Tensor, keys: torch.Tensor,
-                 rotary: RotaryEmbedding, repr_topk: int):
+                 rotary: RotaryEmbedding, repr_topk: int, last_position: int | None = None):
         """Summarise blocks `block_ids` [nb] whose cached (post-RoPE) keys are `keys` [nb, bs, Hkv, D] and whose
-        first token sits at `first_position` [nb]."""
+        first token sits at `first_position` [nb] (`last_position`: a bound on their last token's, if known)."""
         bs = self.block_size
         positions = (first_position[:, None] + torch.arange(bs, device=keys.device)).flatten()
-        pre = rotate_by(keys.flatten(0, 1).float(), -positions, rotary).view_as(keys)
+        pre = rotate_by(keys.flatten(0, 1).float(), -positions, rotary, last_position).view_as(keys)
         received = self.received[layer].view(-1, bs, keys.shape[2])[block_ids]            # [nb, bs, Hkv]
         top = received.topk(min(repr_topk, bs), dim=1).indices                              # [nb, r, Hkv]
         chosen = pre.gather(1, top[..., None].expand(-1, -1, -1, keys.shape[-1]))

@@ -2,15 +2,18 @@
 
 With `--kv-offload` the paged pool lives in host memory (pinned on CUDA) and only the blocks a step touches are
 resident on the device, in a per-layer cache of `--kv-device-cache-blocks` blocks: the device-resident KV is bounded
-by the cache, not by the context length. The cache is write-back: a step's new keys and values are written into
-cached blocks, and a block is copied back to the pool only when it is evicted dirty. Copies run on a side stream on
-CUDA. On the CPU both tiers are RAM (the same code path, used by the tests); without offload there is one tier and
-the pool is read directly.
+by the cache, not by the context length (the block summaries stay on the device: about 3/block_size of the pool
+in fp32). The cache is write-back: a step's new keys and values are written into cached blocks, and a block is
+copied back to the pool only when it is evicted dirty. Copies run on a side stream on CUDA, but the compute stream
+waits for them right away: there is no prefetch yet, so they overlap only with work already queued. On the CPU
+both tiers are RAM (the same code path, used by the tests); without offload there is one tier and the pool is read
+directly.
 
 Only retrieval policies read through the cache: each window of a request needs its sinks, local region and
 retrieved blocks resident at once, which the cache must hold (checked at start-up against the engine's settings).
 """
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import torch
 
@@ -33,9 +36,9 @@ class DeviceBlockCache:
         self.hits = self.misses = 0
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def resident(self, blocks, dirty: bool = False):
+    def resident(self, blocks, dirty: bool = False, count: bool = True):
         """Load the missing ones of the physical `blocks` (list or tensor; a tensor is read on the host), evicting
-        the least recently used others."""
+        the least recently used others. `count`: add the lookups to the hit and miss counts (reads, not writes)."""
         wanted = list(dict.fromkeys(blocks.flatten().tolist() if torch.is_tensor(blocks) else blocks))
         if len(wanted) > self.capacity:
             raise RuntimeError(f"a window needs {len(wanted)} KV blocks resident but the device cache holds "
@@ -45,9 +48,9 @@ class DeviceBlockCache:
         for block in wanted:
             if block in self.lru:
                 self.lru.move_to_end(block)
-                self.hits += 1
+                self.hits += count
                 continue
-            self.misses += 1
+            self.misses += count
             if self.free:
                 slot = self.free.pop()
             else:
@@ -65,7 +68,7 @@ class DeviceBlockCache:
         current = torch.cuda.current_stream() if self.stream is not None else None
         if self.stream is not None:
             self.stream.wait_stream(current)   # the slots being reused are no longer read by queued compute
-        with torch.cuda.stream(self.stream) if self.stream is not None else _nothing():
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             for block, slot in evictions:
                 if block in self.dirty:
                     self.k_host[block].copy_(self.k[slot], non_blocking=True)
@@ -87,33 +90,27 @@ class DeviceBlockCache:
 
     def write(self, slots: torch.Tensor, slots_host: list[int], k: torch.Tensor, v: torch.Tensor):
         """Write a step's new keys/values (pool `slots`, also given on the host) into their cached blocks."""
-        self.resident(sorted({s // self.block_size for s in slots_host}), dirty=True)
+        self.resident(sorted({s // self.block_size for s in slots_host}), dirty=True, count=False)
         cached = self.translate(slots)
         self.k_flat.index_copy_(0, cached, k)
         self.v_flat.index_copy_(0, cached, v)
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def window_blocks(sink: int, local: int, window: int, budget_blocks: int, block_size: int) -> int:
+def window_blocks(sink: int, local: int, window: int, budget_blocks: int, block_size: int, heads: int = 1) -> int:
     """The most blocks one prefill window of one request needs resident: sinks, the local region reaching back
-    from the window's end (plus its partial block), and up to 2·budget_blocks retrieved blocks."""
-    return -(-sink // block_size) + -(-(local + window) // block_size) + 1 + 2 * budget_blocks
+    from the window's end (plus its partial block), and up to 2·budget_blocks retrieved blocks for each of the
+    `heads` that select their own (per-KV-head selection)."""
+    return -(-sink // block_size) + -(-(local + window) // block_size) + 1 + 2 * budget_blocks * heads
 
 
-def offload_problem(kv, block_size: int, capacity: int) -> str | None:
+def offload_problem(kv, block_size: int, capacity: int, kv_heads: int) -> str | None:
     """Why a request's KV settings cannot be served with KV tiers (None if they can)."""
     if kv.policy == "full":
         return ("kv_policy full attends the whole context, which --kv-offload keeps off the device: "
                 "choose a retrieval policy (streaming, infllm, quest, actqkv).")
-    need = window_blocks(kv.sink, kv.local, kv.window, kv.blocks_per_layer(block_size), block_size)
+    need = window_blocks(kv.sink, kv.local, kv.window, kv.blocks_per_layer(block_size), block_size,
+                         kv_heads if kv.per_head else 1)
     if need > capacity:
         return (f"these KV settings need {need} blocks resident per layer but the device cache holds {capacity} "
-                f"(--kv-device-cache-blocks): lower kv_budget, kv_local or kv_window.")
+                f"(--kv-device-cache-blocks): lower kv_budget, kv_local or kv_window (or per-head selection).")
     return None

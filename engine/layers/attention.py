@@ -33,6 +33,7 @@ class AttentionMetadata:
     retrieval: list[RetrievalSlice] = field(default_factory=list)   # sequences under a KV selection policy
     retrieval_context: RetrievalContext | None = None
     slot_mapping_host: list[int] | None = None   # slot_mapping on the host (KV tiers)
+    kv_tiers: list | None = None                 # per layer DeviceBlockCache with --kv-offload: new KV goes there
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -69,9 +70,8 @@ class Attention(torch.nn.Module):
         q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
         k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
         v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
-        tiers = meta.retrieval_context.tiers if meta.retrieval_context is not None else None
-        if tiers is not None:   # --kv-offload: written into the device cache, the pool is host memory
-            tiers[self.layer_idx].write(meta.slot_mapping, meta.slot_mapping_host, k, v)
+        if meta.kv_tiers is not None:   # --kv-offload: written into the device cache, the pool is host memory
+            meta.kv_tiers[self.layer_idx].write(meta.slot_mapping, meta.slot_mapping_host, k, v)
         else:
             k_flat.index_copy_(0, meta.slot_mapping, k)
             v_flat.index_copy_(0, meta.slot_mapping, v)

@@ -84,9 +84,12 @@ class RotaryEmbedding(torch.nn.Module):
         self.cos = (emb.cos() * self.attention_scaling).to(device)
         self.sin = (emb.sin() * self.attention_scaling).to(device)
 
-    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,)."""
-        max_pos = int(positions.max()) if positions.numel() else 0
+    def lookup(self, positions: torch.Tensor, max_position: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,). A caller that knows
+        a bound on the positions passes it as `max_position`, which saves reading their maximum (a host sync)."""
+        if max_position is None:
+            max_position = int(positions.max()) if positions.numel() else 0
+        max_pos = max_position
         if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
             size = self.cos.shape[0]
             while size <= max_pos:
@@ -108,11 +111,13 @@ def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) ->
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding) -> torch.Tensor:
+def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding, max_offset: int | None = None
+              ) -> torch.Tensor:
     """Rotate vectors x [..., head_dim] by position offsets `delta` (possibly negative) whose shape is a prefix of
     x's leading dimensions. RoPE rotations compose, so a cached key of position p moves to p + delta this way.
-    A pure rotation: YaRN's attention scaling, already in the cached vectors, is not applied again."""
-    cos, sin = rotary.lookup(delta.abs())
+    A pure rotation: YaRN's attention scaling, already in the cached vectors, is not applied again. `max_offset`,
+    if given, bounds |delta| (no host sync to find it)."""
+    cos, sin = rotary.lookup(delta.abs(), max_offset)
     if rotary.attention_scaling != 1.0:
         cos, sin = cos / rotary.attention_scaling, sin / rotary.attention_scaling
     sin = sin * torch.where(delta < 0, -1.0, 1.0).to(sin.dtype)[..., None]
