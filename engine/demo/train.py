@@ -259,7 +259,7 @@ def main(argv=None):
         acc_ema = 0.95 * acc_ema + 0.05 * acc
         task_ema = record.setdefault("task_acc_ema", {})
         for name, value in per_task.items():
-            task_ema[name] = 0.95 * task_ema.get(name, value) + 0.05 * value
+            task_ema[name] = 0.95 * task_ema.get(name, 0.0) + 0.05 * value   # from 0: no advance on one batch
         if record["step"] % 10 == 0:
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
                                     "answer_acc": round(acc_ema, 4), "max_len": max_len,
