@@ -2,8 +2,8 @@
 
     python -m bench.demo_model --json bench/results/demo_model.json
 
-- Validation loss (answer tokens of fresh task instances, and plain filler text) with the memory layers on, and
-  with their output zeroed.
+- Validation loss (answer tokens of fresh task instances, of questions about the fixed fact table, and plain
+  filler text) with the memory layers on, and with their output zeroed.
 - Fraction of zero ReLU activations in each MLP during decode steps (batch 1, engine path).
 - Value rows read per decoded token per memory layer (must be heads × top-m).
 """
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
-from engine.demo.tasks import GENERATORS, filler_text
+from engine.demo.tasks import GENERATORS, facts, filler_text
 
 
 def validation_loss(model, tok, seed: int, samples: int, length: int) -> dict:
@@ -25,8 +25,8 @@ def validation_loss(model, tok, seed: int, samples: int, length: int) -> dict:
     totals = defaultdict(lambda: [0.0, 0])
     with torch.no_grad():
         for i in range(samples):
-            task = ["passkey", "multikey", "kv_retrieval"][i % 3]
-            s = GENERATORS[task](rng, length, rng.random(), count)
+            task = ["passkey", "multikey", "kv_retrieval", "facts"][i % 4]
+            s = (facts if task == "facts" else GENERATORS[task])(rng, length, rng.random(), count)
             prompt = tok.encode(s.prompt)
             ids = torch.tensor([prompt + tok.encode(s.answer, add_special_tokens=False)])
             logits = model.forward_dense(ids[:, :-1])[0, len(prompt) - 1:]

@@ -59,3 +59,15 @@ def test_tokenizer_splits_numbers_into_whole_three_digit_chunks():
     assert pieces[-4:] == ["123", "456", "7", "."]
     text = "héllo wörld 😀 0042"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_fact_table_is_fixed_and_questions_need_no_context(count):
+    from engine.demo.tasks import fact_world, facts
+    world = fact_world()
+    assert world == fact_world() and len(world) == 512
+    sample = facts(random.Random(1), 256, 0.0, count)
+    assert sample.prompt.startswith("Where does ") and sample.prompt.endswith(" lives in")
+    name = sample.prompt.split()[2].rstrip("?")
+    assert sample.answer == f" {world[name]}." and score(sample, sample.answer) == 1.0
+    assert 10 <= len(sample.followups) + 1 <= 256 // 14
+    assert all(world[q.split()[2].rstrip("?")] in a for q, a in sample.followups)

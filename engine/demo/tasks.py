@@ -162,6 +162,33 @@ def common_words(rng: random.Random, length: int, depth: float, count_tokens: Co
     return TaskSample("common_words", prompt, " " + ", ".join(common) + ".", common, depth, length, max_tokens=60)
 
 
+FACT_PLACES = """Paris London Tokyo Cairo Lima Oslo Rome Madrid Berlin Vienna Prague Dublin Lisbon Athens Moscow
+Delhi Seoul Beijing Sydney Toronto Chicago Denver Boston Miami Quito Bogota Nairobi Accra Dakar Tunis Havana
+Manila""".split()
+
+
+def fact_world(size: int = 512, seed: int = 2024) -> dict[str, str]:
+    """A fixed table of made-up people and the city each lives in, the same in every run: no prompt holds the
+    answer, so only what the model stores in its weights (MLPs, memory layers) can give it."""
+    rng = random.Random(seed)
+    world: dict[str, str] = {}
+    while len(world) < size:
+        name = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3)).capitalize()
+        world.setdefault(name, rng.choice(FACT_PLACES))
+    return world
+
+
+def facts(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+    """Questions about `fact_world` with no context ("Where does Kavoru live? Kavoru lives in" -> " Paris."),
+    about `length` tokens of them: the first in the prompt, the others as follow-ups (training data for the
+    memory layers; `depth` is unused)."""
+    world = fact_world()
+    names = rng.sample(sorted(world), max(1, min(len(world), length // 14)))
+    ask = [(f"Where does {n} live? {n} lives in", f" {world[n]}.") for n in names]
+    return TaskSample("facts", ask[0][0], ask[0][1], [world[names[0]]], depth, length, max_tokens=4,
+                      followups=[("\n" + q, a) for q, a in ask[1:]], question=ask[0][0])
+
+
 def filler_text(rng: random.Random, length: int, count_tokens: CountTokens) -> str:
     """Simple English sentences ("The brave fox carries a red lamp near the river."), about `length` tokens."""
     sentences, used = [], 0

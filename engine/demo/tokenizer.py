@@ -8,7 +8,7 @@ followed), which a small model learns far sooner than telling repeated digits ap
 import itertools
 import random
 
-from engine.demo.tasks import GENERATORS, filler_text
+from engine.demo.tasks import GENERATORS, facts, filler_text
 from engine.models.random_checkpoint import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -26,6 +26,8 @@ def _corpus(rng: random.Random, samples: int, digit_group: int):
         sample = GENERATORS[name](rng, rng.choice([256, 512, 1024]), rng.random(), approx)
         yield sample.prompt + sample.answer
         yield filler_text(rng, 200, approx)
+        fact = facts(rng, 200, 0.0, approx)
+        yield fact.prompt + fact.answer + "".join(q + a for q, a in fact.followups)
     if digit_group > 1:   # every chunk often enough that BPE merges it into one token
         yield " ".join(digit_chunks(digit_group) * 50)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from engine.demo.tasks import multikey, kv_retrieval, passkey, filler_text, repeated_text
+from engine.demo.tasks import facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
 from engine.demo.tokenizer import train_tokenizer
 from engine.models.memory_llama import MemoryLlamaForCausalLM
 from engine.models.model_config import ModelConfig
@@ -33,11 +33,12 @@ FULL = dict(vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_
 SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, memory_heads=1, memory_num_keys=8, memory_key_dim=16, memory_value_dim=16,
              memory_pre_value_dim=16, memory_topk=4, lengths=[64, 128], tokens_per_step=[2048, 2048])
-TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.3), ("filler", 0.1)]
+TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.2), ("facts", 0.1),
+            ("filler", 0.1)]   # facts: a fixed table only parametric memory can answer (the memory layers' job)
 FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
 REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
-GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval}
+GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
 
 
 def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) -> dict:
