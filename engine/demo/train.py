@@ -97,7 +97,7 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
     teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
     `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly).
     `body` is the decoder stack to run (default `model.model`; training may pass a compiled one)."""
-    positions = torch.arange(ids.shape[1] - 1)
+    positions = torch.arange(ids.shape[1] - 1, device=ids.device)
     hidden = (model.model if body is None else body)(ids[:, :-1], positions, None, [None] * len(model.model.layers))
     keep = weights[:, 1:] > 0
     logits = model.lm_head(hidden[keep])
@@ -110,9 +110,9 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
         per_task = {}
-        row = torch.arange(ids.shape[0])[:, None].expand_as(keep)[keep]
+        row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(keep)[keep]
         for name in set(tasks) - {"filler", "repeat"}:
-            rows = torch.tensor([t == name for t in tasks])[row] & ans
+            rows = torch.tensor([t == name for t in tasks], device=ids.device)[row] & ans
             per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
         per_task.update(_exact_answers(answers[:, 1:], keep, correct, tasks))
     return loss, acc, per_task
@@ -122,14 +122,14 @@ def _exact_answers(answers: torch.Tensor, keep: torch.Tensor, correct: torch.Ten
     """Per task, the fraction of answers (runs of answer positions) whose every token was predicted right."""
     starts = answers & ~F.pad(answers[:, :-1], (1, 0))
     span = (starts.flatten().cumsum(0) - 1).view_as(answers)                   # answer index of each position
-    wrong = torch.zeros(int(starts.sum()))
+    wrong = torch.zeros(int(starts.sum()), device=answers.device)
     is_wrong = torch.zeros_like(answers)
     is_wrong[keep] = ~correct & answers[keep]
     wrong.index_add_(0, span[answers], is_wrong[answers].float())
     span_rows = starts.nonzero()[:, 0]
     exact = {}
     for name in set(tasks) - {"filler", "repeat"}:
-        mine = torch.tensor([tasks[r] == name for r in span_rows.tolist()], dtype=torch.bool)
+        mine = torch.tensor([tasks[r] == name for r in span_rows.tolist()], dtype=torch.bool, device=wrong.device)
         if mine.any():
             exact[f"{name}_exact"] = (wrong[mine] == 0).float().mean().item()
     return exact
@@ -137,7 +137,7 @@ def _exact_answers(answers: torch.Tensor, keep: torch.Tensor, correct: torch.Ten
 
 def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
     os.makedirs(out, exist_ok=True)
-    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if n != "lm_head.weight"}
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n != "lm_head.weight"}
     save_file(state, os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
@@ -179,6 +179,7 @@ def main(argv=None):
     parser.add_argument("--digit-group", type=int, default=1,
                         help="a new tokenizer's digits per number token: 1, or 3 (chunks of up to three digits, "
                              "vocabulary 4096)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU trains this model ~100x faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
@@ -206,6 +207,7 @@ def main(argv=None):
             cfg = json.load(f)   # a resumed model keeps its own shape, vocabulary and rope
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
     init_weights(model)
+    model.to(args.device)
     value_params = [p for n, p in model.named_parameters() if "values" in n]
     other_params = [p for n, p in model.named_parameters() if "values" not in n]
     optimizer = torch.optim.AdamW([{"params": other_params, "lr_scale": 1.0},
@@ -217,7 +219,7 @@ def main(argv=None):
               "curve": [], "stages": []}
     batcher = Batcher(tokenizer, args.seed)
     if args.resume and os.path.isfile(state_path):
-        saved = torch.load(state_path, weights_only=False)
+        saved = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         record = saved["record"]
@@ -249,7 +251,8 @@ def main(argv=None):
             progress = ((record["step"] - run_start_step) / max(1, args.steps - run_start_step) if args.steps
                         else (elapsed - run_start_s) / budget_s)
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
-        ids, weights, answers, tasks = batcher.batch(max_len, size["tokens_per_step"][stage])
+        ids, weights, answers, tasks = (t.to(args.device) if torch.is_tensor(t) else t
+                                        for t in batcher.batch(max_len, size["tokens_per_step"][stage]))
         loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks, body)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
