@@ -73,3 +73,21 @@ def test_exact_answer_rate_counts_answers_with_every_token_right():
     right = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)  # row 0's 2nd answer: one miss
     got = _exact_answers(answers, keep, right[keep] & answers[keep], ["multikey", "passkey"])
     assert got == {"multikey_exact": 0.5, "passkey_exact": 1.0}
+
+
+def test_parallel_batches_are_the_seeded_batches_of_one_process():
+    import random
+    import torch
+    from engine.demo.tokenizer import train_tokenizer
+    from engine.demo.train import Batcher, ParallelBatcher
+    tok = train_tokenizer(512, samples=20)
+    parallel = ParallelBatcher(tok, seed=5, workers=2, depth=3)
+    try:
+        got = [parallel.batch(step, 64, 512) for step in range(4)]
+    finally:
+        parallel.pool.shutdown()
+    one = Batcher(tok, 0)
+    for step, batch in enumerate(got):
+        one.rng = random.Random(f"5-{step}")
+        want = one.batch(64, 512)
+        assert all(torch.equal(a, b) for a, b in zip(batch[:3], want[:3])) and batch[3] == want[3]

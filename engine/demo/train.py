@@ -92,6 +92,37 @@ class Batcher:
         return ids, weights, answers, [r[0] for r in rows]
 
 
+class ParallelBatcher:
+    """Batches made ahead by worker processes (a GPU outruns one process generating and tokenizing the data).
+    Batch i is generated from its own seed (`seed`-`i`) with the length bucket current when it was asked for,
+    `depth` steps ahead: a run is reproducible whatever the number of workers."""
+
+    def __init__(self, tokenizer, seed: int, workers: int, depth: int = 8):
+        from concurrent.futures import ProcessPoolExecutor
+        self.pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer,))
+        self.seed, self.depth, self.pending = seed, depth, []
+
+    def batch(self, step: int, max_len: int, tokens: int):
+        while len(self.pending) < self.depth:
+            i = step + len(self.pending)
+            self.pending.append(self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len, tokens))
+        return self.pending.pop(0).result()
+
+
+_worker_batcher: Batcher | None = None
+
+
+def _init_worker(tokenizer):
+    global _worker_batcher
+    torch.set_num_threads(1)
+    _worker_batcher = Batcher(tokenizer, 0)
+
+
+def _make_batch(seed: str, max_len: int, tokens: int):
+    _worker_batcher.rng.seed(seed)
+    return _worker_batcher.batch(max_len, tokens)
+
+
 def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
     teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
@@ -179,6 +210,8 @@ def main(argv=None):
     parser.add_argument("--digit-group", type=int, default=1,
                         help="a new tokenizer's digits per number token: 1, or 3 (chunks of up to three digits, "
                              "vocabulary 4096)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that generate batches ahead (for a GPU; 0: the training process does)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU trains this model ~100x faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
@@ -235,6 +268,7 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
+    parallel = ParallelBatcher(tokenizer, args.seed, args.workers) if args.workers else None
     record.setdefault("runs", []).append({"command": command, "from_step": record["step"]})  # every (re)start
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
@@ -251,8 +285,10 @@ def main(argv=None):
             progress = ((record["step"] - run_start_step) / max(1, args.steps - run_start_step) if args.steps
                         else (elapsed - run_start_s) / budget_s)
             group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
-        ids, weights, answers, tasks = (t.to(args.device) if torch.is_tensor(t) else t
-                                        for t in batcher.batch(max_len, size["tokens_per_step"][stage]))
+        made = (parallel.batch(record["step"], max_len, size["tokens_per_step"][stage]) if parallel
+                else batcher.batch(max_len, size["tokens_per_step"][stage]))
+        ids, weights, answers, tasks = (t.to(args.device, non_blocking=True) if torch.is_tensor(t) else t
+                                        for t in made)
         loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks, body)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -286,6 +322,8 @@ def main(argv=None):
             save_checkpoint(model, tokenizer, args.out, record, cfg)
             last_save = time.monotonic()
     bar.close()
+    if parallel:
+        parallel.pool.shutdown(cancel_futures=True)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
                 "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
     save_checkpoint(model, tokenizer, args.out, record, cfg)
