@@ -191,6 +191,7 @@ def init_weights(model: torch.nn.Module, std: float = 0.02):
 
 
 def learning_rate(base: float, step: int, progress: float) -> float:
+    """`step` counts from the start of this run: every (re)start warms up over 100 steps."""
     warm = min(1.0, (step + 1) / 100)
     return base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress - 0.6) / 0.4))))
 
@@ -285,7 +286,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             progress = ((record["step"] - run_start_step) / max(1, args.steps - run_start_step) if args.steps
                         else (elapsed - run_start_s) / budget_s)
-            group["lr"] = learning_rate(args.lr, record["step"], progress) * group["lr_scale"]
+            group["lr"] = learning_rate(args.lr, record["step"] - run_start_step, progress) * group["lr_scale"]
         made = (parallel.batch(record["step"], max_len, size["tokens_per_step"][stage]) if parallel
                 else batcher.batch(max_len, size["tokens_per_step"][stage]))
         ids, weights, answers, tasks = (t.to(args.device, non_blocking=True) if torch.is_tensor(t) else t
