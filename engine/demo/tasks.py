@@ -5,6 +5,7 @@ variable tracking, common-words extraction). Every generator takes a `random.Ran
 tokens, a needle depth in [0, 1] and `count_tokens(text) -> int`, and returns a `TaskSample` whose prompt ends
 where the model's answer begins.
 """
+import functools
 import random
 import re
 import string
@@ -167,9 +168,11 @@ Delhi Seoul Beijing Sydney Toronto Chicago Denver Boston Miami Quito Bogota Nair
 Manila""".split()
 
 
+@functools.lru_cache(maxsize=4)
 def fact_world(size: int = 512, seed: int = 2024) -> dict[str, str]:
     """A fixed table of made-up people and the city each lives in, the same in every run: no prompt holds the
-    answer, so only what the model stores in its weights (MLPs, memory layers) can give it."""
+    answer, so only what the model stores in its weights (MLPs, memory layers) can give it. Cached: do not change
+    the returned table."""
     rng = random.Random(seed)
     world: dict[str, str] = {}
     while len(world) < size:
@@ -180,10 +183,10 @@ def fact_world(size: int = 512, seed: int = 2024) -> dict[str, str]:
 
 def facts(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
     """Questions about `fact_world` with no context ("Where does Kavoru live? Kavoru lives in" -> " Paris."),
-    about `length` tokens of them: the first in the prompt, the others as follow-ups (training data for the
-    memory layers; `depth` is unused)."""
+    about `length` tokens of them (16 at most): the first in the prompt, the others as follow-ups (training data
+    for the memory layers; `depth` is unused)."""
     world = fact_world()
-    names = rng.sample(sorted(world), max(1, min(len(world), length // 14)))
+    names = rng.sample(sorted(world), max(1, min(16, length // 14)))   # at most 16: facts must not drown the rest
     ask = [(f"Where does {n} live? {n} lives in", f" {world[n]}.") for n in names]
     return TaskSample("facts", ask[0][0], ask[0][1], [world[names[0]]], depth, length, max_tokens=4,
                       followups=[("\n" + q, a) for q, a in ask[1:]], question=ask[0][0])

@@ -10,6 +10,7 @@ at short contexts and doubles the maximum length whenever the answer-token accur
 `--advance-at`; each batch mixes lengths between a quarter of the current maximum and the maximum.
 """
 import argparse
+import atexit
 import json
 import math
 import os
@@ -95,19 +96,31 @@ class Batcher:
 
 class ParallelBatcher:
     """Batches made ahead by worker processes (a GPU outruns one process generating and tokenizing the data).
-    Batch i is generated from its own seed (`seed`-`i`) with the length bucket current when it was asked for,
-    `depth` steps ahead: a run is reproducible whatever the number of workers."""
+    Batch i is generated from its own seed (`seed`-`i`); batches made ahead for a length bucket that the
+    curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
-    def __init__(self, tokenizer, seed: int, workers: int, depth: int = 8):
+    def __init__(self, tokenizer, seed: int, workers: int):
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        self.pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer,))
-        self.seed, self.depth, self.pending = seed, depth, []
+        # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(tokenizer,))
+        self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
+        atexit.register(self.close)   # also when training stops on an exception
 
     def batch(self, step: int, max_len: int, tokens: int):
+        for _, shape, future in self.pending:
+            if shape != (max_len, tokens):
+                future.cancel()
+        self.pending = [p for p in self.pending if p[1] == (max_len, tokens) and p[0] >= step]
         while len(self.pending) < self.depth:
-            i = step + len(self.pending)
-            self.pending.append(self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len, tokens))
-        return self.pending.pop(0).result()
+            i = self.pending[-1][0] + 1 if self.pending else step
+            self.pending.append((i, (max_len, tokens), self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len,
+                                                                        tokens)))
+        return self.pending.pop(0)[2].result(timeout=600)
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 _worker_batcher: Batcher | None = None
@@ -325,7 +338,7 @@ def main(argv=None):
             last_save = time.monotonic()
     bar.close()
     if parallel:
-        parallel.pool.shutdown(cancel_futures=True)
+        parallel.close()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
                 "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
     save_checkpoint(model, tokenizer, args.out, record, cfg)
