@@ -148,12 +148,11 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
     logits = model.lm_head(hidden[keep])
     target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
     loss = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
-    if tasks is None:
-        with torch.no_grad():
-            return loss, (((logits.argmax(-1) == target) & ans).sum().item() / max(1, ans.sum().item()))
     with torch.no_grad():
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
+        if tasks is None:
+            return loss, acc
         per_task = {}
         row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(keep)[keep]
         for name in set(tasks) - {"filler", "repeat"}:

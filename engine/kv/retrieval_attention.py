@@ -40,6 +40,12 @@ class RetrievalSlice:
     prefilling: bool = False      # the step's tokens are (part of) the prompt
     block_table: list[int] | None = None   # block_ids on the host (KV tiers); None: read from block_ids
 
+    def host_table(self) -> list[int]:
+        """The block table on the host (read from the device if the runner did not give it)."""
+        if self.block_table is None:
+            self.block_table = self.block_ids.tolist()
+        return self.block_table
+
 
 @dataclass
 class RetrievalContext:
@@ -57,7 +63,6 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     tier = ctx.tiers[layer] if ctx.tiers is not None else None
     if tier is not None:
         k_flat, v_flat = tier.k_flat, tier.v_flat
-        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
     summaries = ctx.summaries
     summaries.received[layer][item.slots[item.ctx_start:]] = 0.0
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
@@ -76,7 +81,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         q_global, retrieved = None, []
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
-            q_global = _one_angle(qw, positions, cfg.local, ctx.rotary, max(abs(cfg.local - a), abs(cfg.local - b)) + 1)
+            q_global = _one_angle(qw, positions, a, b, cfg.local, ctx.rotary)
             chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K] / [K, Hkv]
             sinks = _expand(torch.arange(sink_end, device=q.device), chosen)
             block_pos, block_keep = _block_positions(chosen, bs, keep)
@@ -87,6 +92,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         local_slots = item.slots[local_start:b]
         read_global, read_local = global_slots, local_slots
         if tier is not None:   # sinks, local region and retrieved blocks resident at once
+            table = item.host_table()
             tier.resident(table[:sink_end // bs] + table[local_start // bs:-(-b // bs)] + retrieved)
             read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
@@ -121,10 +127,9 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
     if ctx.tiers is not None:   # the blocks are fetched by their ids on the host: the count comes in the same read
         host = torch.cat([chosen.flatten(), torch.as_tensor(count, device=chosen.device).view(1)]).tolist()
         count = host[-1]
-        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
         item.state.blocks_selected[layer] = count
         ids = host[:count * (chosen.shape[1] if chosen.dim() == 2 else 1)]
-        return chosen[:count] + first, None, [table[first + i] for i in ids]
+        return chosen[:count] + first, None, [item.host_table()[first + i] for i in ids]
     if isinstance(count, int) or (chosen.device.type == "cpu" and not STATIC_SELECTION):
         count = int(count)   # free on the CPU
         item.state.blocks_selected[layer] = count
@@ -141,8 +146,7 @@ def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
 def _block_positions(chosen: torch.Tensor, bs: int, keep: torch.Tensor | None = None):
     """Token positions of the chosen logical blocks, in position order: [k·bs] or [k·bs, Hkv]; and `keep` (the
     blocks' mask, if any) per token in the same order."""
-    order = chosen.argsort(dim=0)
-    chosen = chosen.gather(0, order)
+    chosen, order = chosen.sort(dim=0)
     keep = None if keep is None else keep[order].repeat_interleave(bs, dim=0)
     offsets = torch.arange(bs, device=chosen.device)
     if chosen.dim() == 1:
@@ -157,9 +161,9 @@ def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return flat[slots, torch.arange(flat.shape[1], device=slots.device)]
 
 
-def _one_angle(q, positions, distance: int, rotary, max_offset: int) -> torch.Tensor:
-    """Queries moved from their positions to position `distance` (pre-RoPE keys then sit `distance` behind)."""
-    return rotate_by(q, distance - positions, rotary, max_offset)
+def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Tensor:
+    """Queries at `positions` (= a..b-1) moved to position `distance` (pre-RoPE keys then sit `distance` behind)."""
+    return rotate_by(q, distance - positions, rotary, max(abs(distance - a), abs(distance - b)) + 1)
 
 
 def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
@@ -241,8 +245,7 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
     logical = torch.arange(done, upto, device=k_flat.device)
     physical = item.block_ids[logical]
     if tier is not None:
-        table = item.block_table if item.block_table is not None else item.block_ids.tolist()
-        tier.resident(table[done:upto])
+        tier.resident(item.host_table()[done:upto])
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
     ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk, last_position=upto * bs)

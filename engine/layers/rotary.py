@@ -87,9 +87,9 @@ class RotaryEmbedding(torch.nn.Module):
     def lookup(self, positions: torch.Tensor, max_position: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,). A caller that knows
         a bound on the positions passes it as `max_position`, which saves reading their maximum (a host sync)."""
-        if max_position is None:
-            max_position = int(positions.max()) if positions.numel() else 0
         max_pos = max_position
+        if max_pos is None:
+            max_pos = int(positions.max()) if positions.numel() else 0
         if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
             size = self.cos.shape[0]
             while size <= max_pos:
