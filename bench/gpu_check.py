@@ -2,13 +2,16 @@
 
     python -m bench.gpu_check --json bench/results/gpu_check.json            # on the GPU machine (about 5 minutes)
     python -m bench.gpu_check --device cpu --small                           # a dry run of the same code here
+    python -m bench.gpu_check --sections kernels,policies --json F           # a subset (the JSON is rewritten
+                                                                             # after each section)
 
 1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
    `F.linear` at 50% density, batch 1/2/4, on the 1.1B shape's MLP matrices.
 2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal; the
    retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict).
-3. Decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given contexts, random demo-shape
-   weights (speed only); and `actqkv` with the pool offloaded to pinned host memory.
+3. Prefill seconds and decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given
+   contexts, random demo-shape weights (`decode`) and the ~1.1B TinyLlama shape (`decode_1b`; speed only); and
+   `actqkv` with the pool offloaded to pinned host memory.
 4. Host synchronisations inside ActQKV's windowed attention on the device (prefill windows and a decode step,
    counted by CUDA's sync debug mode): the aim is none.
 """
@@ -87,7 +90,7 @@ def check_policies(device: str, path: str) -> list[dict]:
     return rows
 
 
-def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
+def decode_times(device: str, path: str, contexts: list[int], shape: str) -> list[dict]:
     llm = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
               max_num_batched_tokens=4096)
     offloaded = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
@@ -95,7 +98,7 @@ def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
     rows = []
     for n in contexts:
         prompt = [5 + (i * 7) % 3000 for i in range(n)]
-        row = {"context_len": n, "device": device}
+        row = {"shape": shape, "context_len": n, "device": device}
         for label in ("full", "actqkv", "actqkv_offload"):
             engine = (offloaded if label == "actqkv_offload" else llm).engine
             policy = label.removesuffix("_offload")
@@ -103,15 +106,19 @@ def decode_times(device: str, path: str, contexts: list[int]) -> list[dict]:
                                                                                   ignore_eos=True),
                                          kv={"policy": policy, "budget": 2048, "positions": "bounded"})
             seq = request.seqs[0]
+            synchronize(device)
+            start = time.perf_counter()
             while seq.num_output_tokens < 1:
                 engine.step()
             synchronize(device)
+            row[f"{label}_prefill_s"] = time.perf_counter() - start
             start = time.perf_counter()
             while engine.has_unfinished_requests():
                 engine.step()
             synchronize(device)
             row[f"{label}_decode_ms"] = (time.perf_counter() - start) / 32 * 1e3
         row["actqkv_speedup"] = row["full_decode_ms"] / row["actqkv_decode_ms"]
+        row["actqkv_prefill_speedup"] = row["full_prefill_s"] / row["actqkv_prefill_s"]
         rows.append(row)
     return rows
 
@@ -155,32 +162,40 @@ def count_host_syncs(device: str) -> list[dict]:
     return rows
 
 
+SECTIONS = ("kernels", "policies", "host_syncs", "decode", "decode_1b")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="small sizes: a dry run on the CPU")
-    parser.add_argument("--contexts", default="8192,32768")
+    parser.add_argument("--contexts", default="8192,32768", help="contexts of `decode` (demo shape)")
+    parser.add_argument("--contexts-1b", default="32768", help="contexts of `decode_1b` (TinyLlama shape)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     from bench.common import SHAPES, checkpoint
     hidden, inter = (256, 512) if args.small else (SHAPES["tinyllama"]["hidden_size"],
                                                    SHAPES["tinyllama"]["intermediate_size"])
     contexts = [1024] if args.small else [int(c) for c in args.contexts.split(",")]
-    path = checkpoint("tiny")
+    contexts_1b = [int(c) for c in args.contexts_1b.split(",")]
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    runs = {"kernels": lambda: check_kernels(args.device, hidden, inter),
+            "policies": lambda: check_policies(args.device, checkpoint("tiny")),
+            "host_syncs": lambda: count_host_syncs(args.device),
+            "decode": lambda: decode_times(args.device, checkpoint("tiny"), contexts, "tiny"),
+            "decode_1b": lambda: decode_times(args.device, checkpoint("tinyllama"), contexts_1b, "tinyllama")}
     results = {"machine": machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    with tqdm(total=4, desc="gpu check") as bar:
-        results["kernels"] = check_kernels(args.device, hidden, inter)
-        bar.update(1)
-        results["policies"] = check_policies(args.device, path)
-        bar.update(1)
-        results["decode"] = decode_times(args.device, path, contexts)
-        bar.update(1)
-        results["host_syncs"] = count_host_syncs(args.device)
-        bar.update(1)
-    for section in ("kernels", "policies", "decode", "host_syncs"):
+    for section in tqdm(sections, desc="gpu check"):
+        start = time.perf_counter()
+        results[section] = runs[section]()
+        results[f"{section}_s"] = round(time.perf_counter() - start, 1)
         for row in results[section]:
-            print(section, row)
-    write_json(args.json, results)
+            print(section, row, flush=True)
+        write_json(args.json, results)   # after each section: a run cut short keeps what it measured
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4, help="requests submitted together")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="timing on one instance, no accuracy (random-weight models such as the 1.1B shape)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
@@ -160,14 +162,16 @@ def main(argv=None):
                 samples = make_samples(tok, task, length, args.samples, args.seed)
                 for policy, budget in runs:
                     kv = {"policy": policy, "budget": budget, "positions": args.positions}
-                    acc, by_depth, recall = accuracy(llm, samples, kv, args.batch, bar)
+                    acc, by_depth, recall = (None, [], []) if args.speed_only else \
+                        accuracy(llm, samples, kv, args.batch, bar)
                     row = {"task": task, "context_len": length, "policy": policy,
                            "budget": None if policy == "full" else budget, "positions": args.positions,
-                           "accuracy": acc, "n": len(samples), "by_depth": by_depth, "needle_recall_by_layer": recall,
+                           "accuracy": acc, "n": 0 if args.speed_only else len(samples), "by_depth": by_depth, "needle_recall_by_layer": recall,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
                         timing(llm, samples[0].prompt, request_kv(kv, samples[0], trace=False))
                     rows.append(row)
+                    bar.update(args.samples if args.speed_only else 0)
     print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | needle recall by layer | "
           "prefill s | decode ms/tok |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -175,7 +179,8 @@ def main(argv=None):
         depths = ", ".join("–" if d is None else f"{d:.2f}" for d in r["by_depth"])
         timing_cells = "– | –" if r["prefill_s"] is None else f"{r['prefill_s']:.2f} | {r['decode_ms_per_token']:.1f}"
         recall = ", ".join(f"{x:.2f}" for x in r["needle_recall_by_layer"]) or "–"
-        print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | {r['accuracy']:.3f} | "
+        print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | "
+              f"{'–' if r['accuracy'] is None else format(r['accuracy'], '.3f')} | "
               f"{depths} | {recall} | {timing_cells} |")
     write_json(args.json, {"machine": machine(), "args": vars(args), "results": rows})
     if args.plot:

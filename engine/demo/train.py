@@ -137,17 +137,20 @@ def _make_batch(seed: str, max_len: int, tokens: int):
     return _worker_batcher.batch(max_len, tokens)
 
 
-def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None):
+def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats=True):
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
     teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
     `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly).
-    `body` is the decoder stack to run (default `model.model`; training may pass a compiled one)."""
+    `body` is the decoder stack to run (default `model.model`; training may pass a compiled one). With `stats`
+    False, only the loss (no host synchronisation for the statistics)."""
     positions = torch.arange(ids.shape[1] - 1, device=ids.device)
     hidden = (model.model if body is None else body)(ids[:, :-1], positions, None, [None] * len(model.model.layers))
     keep = weights[:, 1:] > 0
     logits = model.lm_head(hidden[keep])
     target, w, ans = ids[:, 1:][keep], weights[:, 1:][keep], answers[:, 1:][keep]
     loss = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
+    if not stats:
+        return loss
     with torch.no_grad():
         correct = (logits.argmax(-1) == target) & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
@@ -228,15 +231,23 @@ def main(argv=None):
                         help="processes that generate batches ahead (for a GPU; 0: the training process does)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU trains this model ~100x faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder (~1.35x faster steps)")
+    parser.add_argument("--batch-scale", type=float, default=1.0,
+                        help="multiplies the tokens per step of every stage (a GPU can take larger batches)")
+    parser.add_argument("--stats-every", type=int, default=1,
+                        help="compute the accuracy statistics every N steps (each costs host syncs on a GPU)")
     parser.add_argument("--advance-at", type=float, default=0.9, help="answer accuracy that doubles the length")
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
                         help="what the curriculum watches: all tasks' answer-token accuracy, or one task's "
                              "exact-answer rate")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
+    size = {**size, "tokens_per_step": [int(t * args.batch_scale) for t in size["tokens_per_step"]]}
     minutes = args.minutes if args.minutes is not None else (40 / 60 if args.smoke else 90.0)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    on_cuda = args.device.startswith("cuda")
+    if on_cuda:
+        torch.set_float32_matmul_precision("high")
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "train_state.pt")
 
@@ -259,7 +270,7 @@ def main(argv=None):
     other_params = [p for n, p in model.named_parameters() if "values" not in n]
     optimizer = torch.optim.AdamW([{"params": other_params, "lr_scale": 1.0},
                                    {"params": value_params, "lr_scale": 4.0, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+                                  lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=on_cuda or None)
     command = " ".join(["python -m engine.demo.train"] + sys.argv[1:])
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
@@ -303,24 +314,27 @@ def main(argv=None):
                 else batcher.batch(max_len, size["tokens_per_step"][stage]))
         ids, weights, answers, tasks = (t.to(args.device, non_blocking=True) if torch.is_tensor(t) else t
                                         for t in made)
-        loss, acc, per_task = loss_and_accuracy(model, ids, weights, answers, tasks, body)
+        with_stats = record["step"] % args.stats_every == 0
+        loss, acc, per_task = (loss_and_accuracy(model, ids, weights, answers, tasks, body) if with_stats
+                               else (loss_and_accuracy(model, ids, weights, answers, None, body, stats=False), 0, {}))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         record["step"] += 1
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        acc_ema = 0.95 * acc_ema + 0.05 * acc
         task_ema = record.setdefault("task_acc_ema", {})
-        for name, value in per_task.items():
-            task_ema[name] = 0.95 * task_ema.get(name, 0.0) + 0.05 * value   # from 0: no advance on one batch
-        if record["step"] % 10 == 0:
+        if with_stats:
+            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            acc_ema = 0.95 * acc_ema + 0.05 * acc
+            for name, value in per_task.items():
+                task_ema[name] = 0.95 * task_ema.get(name, 0.0) + 0.05 * value   # from 0: no advance on one batch
+        if record["step"] % (10 * args.stats_every) == 0:
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
                                     "answer_acc": round(acc_ema, 4), "max_len": max_len,
                                     "task_acc": {k: round(v, 3) for k, v in record.get("task_acc_ema", {}).items()}})
         watched = acc_ema if args.advance_on == "all" else task_ema.get(f"{args.advance_on}_exact", 0.0)
         since = record["step"] - (record["stages"][-1]["step"] if record["stages"] else 0)
-        if watched > args.advance_at and stage + 1 < len(size["lengths"]) and since > 50:
+        if watched > args.advance_at and stage + 1 < len(size["lengths"]) and since > 50 * args.stats_every:
             record["stage"] += 1
             record["stages"].append({"step": record["step"], "elapsed_s": round(elapsed, 1),
                                      "max_len": size["lengths"][record["stage"]]})
@@ -329,7 +343,8 @@ def main(argv=None):
         record["elapsed_s"] = time.monotonic() - start
         record["acc_ema"], record["loss_ema"] = acc_ema, loss_ema
         bar.n = int(record["elapsed_s"] - run_start_s)
-        bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", len=max_len, step=record["step"])
+        if with_stats:
+            bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.2f}", len=max_len, step=record["step"])
         if time.monotonic() - last_save > 300:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
                         "rng": batcher.rng.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
