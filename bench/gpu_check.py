@@ -17,6 +17,7 @@
 """
 import argparse
 import time
+import traceback
 import warnings
 
 import torch
@@ -158,7 +159,15 @@ def count_host_syncs(device: str) -> list[dict]:
                                 ctx, dim ** -0.5)
         torch.cuda.set_sync_debug_mode(0)
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-        rows.append({"positions": positions, "host_syncs": len(syncs), "first": syncs[:3]})
+        torch.cuda.set_sync_debug_mode("error")   # again, stopping at the first sync to see where it is
+        try:
+            retrieval_attention(q[-1:], k_flat, v_flat, RetrievalSlice(n - 1, 1, n - 1, slots, blocks, state), 0,
+                                ctx, dim ** -0.5)
+            where = None
+        except RuntimeError:
+            where = [line.strip() for line in traceback.format_exc().splitlines() if "engine/" in line][-3:]
+        torch.cuda.set_sync_debug_mode(0)
+        rows.append({"positions": positions, "host_syncs": len(syncs), "first_decode_sync_at": where})
     return rows
 
 

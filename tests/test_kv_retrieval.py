@@ -67,6 +67,19 @@ def test_policies_stay_within_budget(checkpoint, policy):
                 assert max(state.blocks_selected) == 0
 
 
+@pytest.mark.parametrize("policy", ["streaming", "infllm", "quest", "actqkv"])
+def test_policies_run_in_bfloat16(checkpoint, policy):
+    """bf16 is the default dtype on CUDA; the block summaries and ActQKV's statistics stay fp32, so scoring must
+    mix the two (a GPU run once failed here). With a budget beyond the context, actqkv equals full in bf16 too."""
+    path = checkpoint("llama")
+    out, _ = generate(path, PROMPTS, kv_policy=policy, dtype="bfloat16")
+    assert [len(o) for o in out] == [12, 12]
+    if policy == "actqkv":
+        wide, _ = generate(path, PROMPTS, kv_policy="actqkv", kv_budget=100000, dtype="bfloat16")
+        full, _ = generate(path, PROMPTS, dtype="bfloat16")
+        assert wide == full
+
+
 def test_requests_are_isolated(checkpoint):
     """A request's output does not depend on the content of the request it is interleaved with. (Partners of the
     same length keep every step's shapes equal: batched matmuls are not bit-identical across batch sizes.)"""

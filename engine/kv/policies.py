@@ -1,5 +1,6 @@
 """Block scoring for the selection policies. Every policy keeps the sinks and the local window; these functions
-score the candidate blocks in between, one score per block shared by the heads (or per KV head for ActQKV)."""
+score the candidate blocks in between, one score per block shared by the heads (or per KV head for ActQKV).
+Scores are computed in fp32, whatever the model's dtype (the summaries and the probe statistics are fp32)."""
 import torch
 
 from engine.kv import actqkv
@@ -9,14 +10,14 @@ from engine.kv.state import SequenceKVState
 
 def infllm_scores(q_global: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
     """Probe = mean query of the window; score = Σ_heads probe_h · repr_{kv(h)}. q [w, H, D], reprs [N, Hkv, D]."""
-    probe = q_global.mean(0)
+    probe = q_global.float().mean(0)
     kv_heads = reprs.shape[1]
     return torch.einsum("kgd,nkd->n", probe.view(kv_heads, -1, probe.shape[-1]), reprs)
 
 
 def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
     """Upper bound of q·k over each block: Σ_channels max(q_c·min_c, q_c·max_c), summed over heads."""
-    probe = q.mean(0)
+    probe = q.float().mean(0)
     kv_heads = kmin.shape[1]
     probe = probe.view(kv_heads, -1, probe.shape[-1]).unsqueeze(0)          # [1, Hkv, g, D]
     bound = torch.maximum(probe * kmin.unsqueeze(2), probe * kmax.unsqueeze(2))
@@ -31,7 +32,7 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
     kv_heads = reprs.shape[1]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
     group = heads // kv_heads
-    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, group, dim)
+    probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
     scores = _cosine(probe, reprs, state.config.per_head)
     if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(
@@ -43,6 +44,7 @@ def _cosine(probe: torch.Tensor, reprs: torch.Tensor, per_head: bool) -> torch.T
     """Cosine between probe [Hkv, g, D] (heads concatenated) and each representative [N, Hkv, D] repeated over its
     query-head group, without materialising the repeat: <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv> and
     |rep(r)|² = g·Σ_kv |r_kv|². One score per block [N], or per KV head [N, Hkv]."""
+    probe, reprs = probe.float(), reprs.float()
     group = probe.shape[1]
     dots = torch.einsum("kd,nkd->nk", probe.sum(1), reprs)                   # [N, Hkv]
     rep_sq = reprs.pow(2).sum(-1) * group                                    # [N, Hkv]

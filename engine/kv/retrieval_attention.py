@@ -64,7 +64,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     if tier is not None:
         k_flat, v_flat = tier.k_flat, tier.v_flat
     summaries = ctx.summaries
-    summaries.received[layer][item.slots[item.ctx_start:]] = 0.0
+    summaries.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
     out = torch.empty_like(q)
