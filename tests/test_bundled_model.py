@@ -32,7 +32,8 @@ def test_actserve_generate_defaults_to_the_bundled_model():
 
 def test_bundled_model_answers_passkey_prompts():
     """Ten fresh 256-token passkey prompts, needles at random depths, greedy: the model in training gets 18 of 20
-    right at this length (bench/RESULTS.md), so fewer than 7 of these 10 means the engine or the model broke."""
+    right at this length (20 of 20 in bench/RESULTS.md), so fewer than 7 of these 10 means the engine or the model
+    broke."""
     llm = LLM(max_model_len=1024)
     tok = llm.get_tokenizer()
     rng = random.Random(2026)
