@@ -37,7 +37,8 @@ _HELP = {
     "kv_device_cache_blocks": "with --kv-offload: blocks per layer in the device cache (bounds device-resident KV)",
     "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
     "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
-    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used",
+    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: 0.6 on "
+                              "the CPU, 0.1 on CUDA, where the Triton gathers measured 3x slower than dense at 0.5)",
 }
 
 

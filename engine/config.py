@@ -48,7 +48,7 @@ class EngineConfig:
     kv_device_cache_blocks: int = 512         # with kv_offload: device cache size in blocks, per layer
     mlp_sparsity: str = "dense"               # dense | relu | teal:TARGET | cats:TARGET (calibrated)
     mlp_sparse_max_batch: int = 4             # decode steps with more sequences run the MLPs dense
-    mlp_sparse_max_density: float = 0.6       # a union of active rows denser than this uses dense kernels
+    mlp_sparse_max_density: float | None = None   # a denser union of active rows uses dense kernels (None: per device)
 
     def __post_init__(self):
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

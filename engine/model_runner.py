@@ -15,7 +15,7 @@ from engine.kv.tiers import DeviceBlockCache, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
 from engine.layers.mlp import GatedMLP
-from engine.layers.sparse_mlp import SparsePlan, SparsityContext, parse_sparsity
+from engine.layers.sparse_mlp import DEFAULT_MAX_DENSITY, SparsePlan, SparsityContext, parse_sparsity
 from engine.sampling_params import SamplingParamsError
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig
@@ -130,7 +130,13 @@ class ModelRunner:
         if mode == "dense":
             return None
         thresholds = self.calibration[mode][f"{target:g}"] if target is not None else None
-        return SparsePlan(mode, thresholds, self.config.mlp_sparse_max_density)
+        return SparsePlan(mode, thresholds, self.mlp_max_density)
+
+    @property
+    def mlp_max_density(self) -> float:
+        """Union density of active MLP rows above which dense kernels run (configured, or this device's default)."""
+        configured = self.config.mlp_sparse_max_density
+        return configured if configured is not None else DEFAULT_MAX_DENSITY.get(self.device.type, 0.6)
 
     def release(self, seq):
         """Forget a finished or aborted sequence's retrieval state."""

@@ -92,6 +92,9 @@ def test_engine_relu_mode_generates_like_dense_and_calibrated_teal_hits_target(c
     relu = [o.outputs[0].token_ids for o in llm.generate(prompts, params, mlp_sparsity="relu")]
     assert relu == dense
     assert min(llm.engine.runner.sparsity.achieved()) > 0.2
+    assert llm.engine.runner.mlp_max_density == 0.6     # the CPU's default (CUDA's is 0.1: bench/RESULTS.md)
+    assert LLM(path, max_model_len=256, num_kv_blocks=40, block_size=8,
+               mlp_sparse_max_density=0.3).engine.runner.mlp_max_density == 0.3
     with pytest.raises(SamplingParamsError) as err:
         llm.generate(prompts, params, mlp_sparsity="teal:0.5")
     assert err.value.param == "mlp_sparsity" and "calibrate" in str(err.value)
