@@ -14,6 +14,8 @@
    `actqkv` with the pool offloaded to pinned host memory.
 4. Host synchronisations inside ActQKV's windowed attention on the device (prefill windows and a decode step,
    counted by CUDA's sync debug mode): the aim is none.
+5. `profile`: where a decode step's time goes (Python functions, host and device ops), full and actqkv, at the
+   largest `decode` context (on an H200 a demo-shape step took ~40 ms, nearly all of it host work).
 """
 import argparse
 import time
@@ -124,6 +126,52 @@ def decode_times(device: str, path: str, contexts: list[int], shape: str) -> lis
     return rows
 
 
+def profile_decode(device: str, path: str, context: int, steps: int = 8) -> list[dict]:
+    """Where a batch-1 decode step's time goes at `context` tokens, full and actqkv: the Python functions with the
+    most cumulative time (cProfile) and the torch ops with the most self time on the host and on the device."""
+    import cProfile
+    import pstats
+    from torch.profiler import ProfilerActivity, profile
+    llm = LLM(path, device=device, max_model_len=context + 64, kv_cache_memory="8GiB", max_num_batched_tokens=4096)
+    engine, rows = llm.engine, []
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    for policy in ("full", "actqkv"):
+        prompt = [5 + (i * 7) % 3000 for i in range(context)]
+        request = engine.add_request(f"profile-{policy}", prompt, SamplingParams(temperature=0,
+                                     max_tokens=2 * steps + 4, ignore_eos=True),
+                                     kv={"policy": policy, "budget": 2048, "positions": "bounded"})
+        while request.seqs[0].num_output_tokens < 4:
+            engine.step()
+        synchronize(device)
+        python = cProfile.Profile()
+        python.enable()
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        synchronize(device)
+        step_ms = (time.perf_counter() - start) / steps * 1e3
+        python.disable()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                engine.step()
+            synchronize(device)
+        while engine.has_unfinished_requests():
+            engine.step()
+        stats = pstats.Stats(python)
+        top_python = sorted(((v[3] / steps * 1e3, f"{k[0].split('/')[-1]}:{k[1]}({k[2]})")
+                             for k, v in stats.stats.items()), reverse=True)[:25]
+        ops = prof.key_averages()
+        by_host = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+        by_device = sorted(ops, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:10]
+        rows.append({"policy": policy, "context_len": context, "step_ms": step_ms,
+                     "python_cumulative_ms_per_step": [[round(ms, 3), name] for ms, name in top_python],
+                     "ops_host_self_ms_per_step": [[round(e.self_cpu_time_total / steps / 1e3, 3), e.key, e.count // steps]
+                                                   for e in by_host],
+                     "ops_device_self_ms_per_step": [[round(getattr(e, "self_device_time_total", 0) / steps / 1e3, 3),
+                                                      e.key] for e in by_device]})
+    return rows
+
+
 def count_host_syncs(device: str) -> list[dict]:
     from engine.kv.config import KVConfig
     from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
@@ -171,7 +219,7 @@ def count_host_syncs(device: str) -> list[dict]:
     return rows
 
 
-SECTIONS = ("kernels", "policies", "host_syncs", "decode", "decode_1b")
+SECTIONS = ("kernels", "policies", "host_syncs", "decode", "decode_1b", "profile")
 
 
 def main(argv=None):
@@ -196,7 +244,8 @@ def main(argv=None):
             "policies": lambda: check_policies(args.device, checkpoint("tiny")),
             "host_syncs": lambda: count_host_syncs(args.device),
             "decode": lambda: decode_times(args.device, checkpoint("tiny"), contexts, "tiny"),
-            "decode_1b": lambda: decode_times(args.device, checkpoint("tinyllama"), contexts_1b, "tinyllama")}
+            "decode_1b": lambda: decode_times(args.device, checkpoint("tinyllama"), contexts_1b, "tinyllama"),
+            "profile": lambda: profile_decode(args.device, checkpoint("tiny"), contexts[-1])}
     results = {"machine": machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     for section in tqdm(sections, desc="gpu check"):
         start = time.perf_counter()

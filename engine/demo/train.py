@@ -2,7 +2,8 @@
 
     python -m engine.demo.train --out DIR --minutes 90          # resumable: run again with --resume
     python -m engine.demo.train --out DIR --smoke               # a micro model in under a minute (tests)
-    python -m engine.demo.train --out DIR --device cuda --workers 12 --compile --minutes 8   # on a GPU
+    python -m engine.demo.train --out DIR --device cuda --workers 12 --batch-scale 2 --stats-every 4 --minutes 6
+                                                                # on a GPU: ~14 steps/s on an H200
 
 Data are generated on the fly (engine.demo.tasks): passkey, multi-key needle and key-value retrieval prompts whose
 answer tokens carry the loss, plus filler sentences trained as plain language modelling. A length curriculum starts
