@@ -165,8 +165,9 @@ def test_question_term_adds_weighted_cosine_while_prefilling_only():
     torch.manual_seed(0)
     reprs, question = torch.randn(30, 2, 16), torch.randn(8, 16)
     window, single = torch.randn(5, 8, 16), torch.randn(1, 8, 16)
-    plain = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6), 1, reprs.device)
-    asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0), 1, reprs.device)
+    plain = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, per_head=False), 1, reprs.device)
+    asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0, per_head=False), 1,
+                            reprs.device)
     asked.question = [question]
     term = F.cosine_similarity(reprs.repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
     gain = actqkv_scores(window, reprs, asked, 0, prefilling=True) - actqkv_scores(window, reprs, plain, 0, True)

@@ -23,7 +23,7 @@ def engines(checkpoint):
             LLM(path, kv_policy="actqkv", kv_offload=True, kv_device_cache_blocks=32, **SMALL))
 
 
-@pytest.mark.parametrize("kv", [dict(policy="actqkv", positions="bounded"), dict(policy="actqkv", per_head=True),
+@pytest.mark.parametrize("kv", [dict(policy="actqkv", positions="bounded"), dict(policy="actqkv", per_head=False),
                                 dict(policy="quest"), dict(policy="infllm"), dict(policy="streaming")])
 def test_offloaded_pool_gives_the_same_tokens_as_one_tier(engines, kv):
     one_tier, tiered = engines
