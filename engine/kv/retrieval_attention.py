@@ -158,7 +158,9 @@ def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Keys or values at `slots` ([S] shared or [S, Hkv] per head) -> [S, Hkv, D]."""
     if slots.dim() == 1:
         return flat.index_select(0, slots)
-    return flat[slots, torch.arange(flat.shape[1], device=slots.device)]
+    kv_heads = flat.shape[1]
+    rows = slots * kv_heads + torch.arange(kv_heads, device=slots.device)              # into [slots·Hkv, D]
+    return flat.reshape(-1, flat.shape[-1]).index_select(0, rows.flatten()).view(*slots.shape, -1)
 
 
 def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Tensor:
