@@ -80,13 +80,16 @@ def check_policies(device: str, path: str) -> list[dict]:
     small = dict(kv_budget=192, kv_sink=32, kv_local=64, kv_window=48, block_size=16, max_model_len=1024,
                  num_kv_blocks=160, max_num_batched_tokens=256, dtype="float32")
     engines = {d: LLM(path, device=d, **small) for d in ("cpu", device)}
-    engines["offload"] = LLM(path, device=device, kv_offload=True, kv_device_cache_blocks=24, kv_policy="actqkv",
+    # 56 blocks: one per-head window needs 50 here, two ~40-block prompts overflow it
+    engines["offload"] = LLM(path, device=device, kv_offload=True, kv_device_cache_blocks=56, kv_policy="actqkv",
                              **{**small, "max_num_seqs": 4})
     rows = []
-    for policy in ("full", "streaming", "infllm", "quest", "actqkv"):
-        outs = {d: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": policy})]
+    runs = [("full", {}), ("streaming", {}), ("infllm", {}), ("quest", {}), ("actqkv", {"per_head": True}),
+            ("actqkv", {"per_head": False})]
+    for policy, knobs in runs:
+        outs = {d: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": policy, **knobs})]
                 for d, llm in engines.items() if d != "offload" or policy != "full"}
-        rows.append({"policy": policy, "device": device, "tokens_equal_cpu": outs["cpu"] == outs[device],
+        rows.append({"policy": policy, **knobs, "device": device, "tokens_equal_cpu": outs["cpu"] == outs[device],
                      "offloaded_tokens_equal_cpu": outs["cpu"] == outs["offload"] if "offload" in outs else None})
     hits, misses = engines["offload"].engine.runner.device_cache_counts()
     rows.append({"device_cache_hits": hits, "device_cache_misses": misses})

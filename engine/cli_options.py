@@ -35,7 +35,8 @@ _HELP = {
     "kv_warmup": "actqkv: query tokens of uniform probe weights before the activation bias",
     "kv_offload": "keep the KV pool in host memory (pinned on CUDA) and the blocks a step attends in a device LRU "
                   "cache; retrieval policies only (true/false)",
-    "kv_device_cache_blocks": "with --kv-offload: blocks per layer in the device cache (bounds device-resident KV)",
+    "kv_device_cache_blocks": "with --kv-offload: blocks per layer in the device cache (bounds device-resident KV; "
+                              "default: 512, or more if the default KV settings need more)",
     "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
     "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
     "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: 0.6 on "

@@ -45,7 +45,8 @@ class EngineConfig:
     kv_warmup: int = 256                      # actqkv: query tokens before the activation bias weights the probe
     kv_question_weight: float = 4.0           # actqkv: weight of the question term (requests with a kv question)
     kv_offload: bool = False                  # KV pool in host memory, attended blocks in a device LRU cache
-    kv_device_cache_blocks: int = 512         # with kv_offload: device cache size in blocks, per layer
+    kv_device_cache_blocks: int | None = None # with kv_offload: device cache blocks per layer (None: 512, or what
+                                              # the default KV settings need for one window and one step, if more)
     mlp_sparsity: str = "dense"               # dense | relu | teal:TARGET | cats:TARGET (calibrated)
     mlp_sparse_max_batch: int = 4             # decode steps with more sequences run the MLPs dense
     mlp_sparse_max_density: float | None = None   # a denser union of active rows uses dense kernels (None: per device)

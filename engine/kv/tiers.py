@@ -112,5 +112,6 @@ def offload_problem(kv, block_size: int, capacity: int, kv_heads: int) -> str | 
                          kv_heads if kv.per_head else 1)
     if need > capacity:
         return (f"these KV settings need {need} blocks resident per layer but the device cache holds {capacity} "
-                f"(--kv-device-cache-blocks): lower kv_budget, kv_local or kv_window (or per-head selection).")
+                f"(--kv-device-cache-blocks): raise it, or lower kv_budget, kv_local or kv_window (per-head selection "
+                f"needs up to {kv_heads}x the retrieved blocks; kv_per_head=false needs fewer).")
     return None
