@@ -3,9 +3,10 @@
     python -m bench.actqkv_knobs --task passkey --length 2048 --budget 1024 --samples 20 \
         --json bench/results/actqkv_knobs.json
 
-`top_p=X` runs use `cutoff=top_p`. Recall is the fraction of samples in which a layer attended the block holding the answer at the question (the last
+Recall is the fraction of samples in which a layer attended the block holding the answer at the question (the last
 prefill window): it measures the selection itself, also where the model fails to answer. The baselines `quest` and
-`infllm` at the same budget are the reference rows.
+`infllm` at the same budget are the reference rows. `top_p=X` runs use `cutoff=top_p`; `--base` sets knobs for
+every actqkv run (e.g. `--base per_head=false` for the shared selection).
 """
 import argparse
 

@@ -168,8 +168,8 @@ def profile_decode(device: str, path: str, context: int, steps: int = 8) -> list
         by_device = sorted(ops, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:10]
         rows.append({"policy": policy, "context_len": context, "step_ms": step_ms,
                      "python_cumulative_ms_per_step": [[round(ms, 3), name] for ms, name in top_python],
-                     "ops_host_self_ms_per_step": [[round(e.self_cpu_time_total / steps / 1e3, 3), e.key, e.count // steps]
-                                                   for e in by_host],
+                     "ops_host_self_ms_per_step": [[round(e.self_cpu_time_total / steps / 1e3, 3), e.key,
+                                                    e.count // steps] for e in by_host],
                      "ops_device_self_ms_per_step": [[round(getattr(e, "self_device_time_total", 0) / steps / 1e3, 3),
                                                       e.key] for e in by_device]})
     return rows

@@ -166,7 +166,8 @@ def main(argv=None):
                         accuracy(llm, samples, kv, args.batch, bar)
                     row = {"task": task, "context_len": length, "policy": policy,
                            "budget": None if policy == "full" else budget, "positions": args.positions,
-                           "accuracy": acc, "n": 0 if args.speed_only else len(samples), "by_depth": by_depth, "needle_recall_by_layer": recall,
+                           "accuracy": acc, "n": 0 if args.speed_only else len(samples), "by_depth": by_depth,
+                           "needle_recall_by_layer": recall,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
                         timing(llm, samples[0].prompt, request_kv(kv, samples[0], trace=False))
