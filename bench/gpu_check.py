@@ -18,6 +18,7 @@
    largest `decode` context (on an H200 a demo-shape step took ~40 ms, nearly all of it host work).
 """
 import argparse
+import gc
 import time
 import traceback
 import warnings
@@ -257,6 +258,9 @@ def main(argv=None):
         for row in results[section]:
             print(section, row, flush=True)
         write_json(args.json, results)   # after each section: a run cut short keeps what it measured
+        gc.collect()   # each section's engines hold their KV pools (GiBs) until collected
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
