@@ -97,6 +97,20 @@ def check_policies(device: str, path: str) -> list[dict]:
     return rows
 
 
+def _add_request(engine, request_id: str, n: int, policy: str, max_tokens: int):
+    """A synthetic n-token prompt under `policy` (budget 2048, bounded positions), greedy, never stopping early."""
+    prompt = [5 + (i * 7) % 3000 for i in range(n)]
+    return engine.add_request(request_id, prompt, SamplingParams(temperature=0, max_tokens=max_tokens,
+                                                                  ignore_eos=True),
+                              kv={"policy": policy, "budget": 2048, "positions": "bounded"})
+
+
+def _run_until(engine, request, tokens: int):
+    """Step the engine until `request` has generated `tokens` tokens."""
+    while request.seqs[0].num_output_tokens < tokens:
+        engine.step()
+
+
 def decode_times(device: str, path: str, contexts: list[int], shape: str) -> list[dict]:
     llm = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
               max_num_batched_tokens=4096)
@@ -104,19 +118,14 @@ def decode_times(device: str, path: str, contexts: list[int], shape: str) -> lis
                     max_num_batched_tokens=4096, max_num_seqs=8, kv_policy="actqkv", kv_offload=True)
     rows = []
     for n in contexts:
-        prompt = [5 + (i * 7) % 3000 for i in range(n)]
         row = {"shape": shape, "context_len": n, "device": device}
         for label in ("full", "actqkv", "actqkv_offload"):
             engine = (offloaded if label == "actqkv_offload" else llm).engine
             policy = label.removesuffix("_offload")
-            request = engine.add_request(f"{policy}-{n}", prompt, SamplingParams(temperature=0, max_tokens=33,
-                                                                                  ignore_eos=True),
-                                         kv={"policy": policy, "budget": 2048, "positions": "bounded"})
-            seq = request.seqs[0]
+            request = _add_request(engine, f"{policy}-{n}", n, policy, max_tokens=33)
             synchronize(device)
             start = time.perf_counter()
-            while seq.num_output_tokens < 1:
-                engine.step()
+            _run_until(engine, request, 1)
             synchronize(device)
             row[f"{label}_prefill_s"] = time.perf_counter() - start
             start = time.perf_counter()
@@ -140,12 +149,8 @@ def profile_decode(device: str, path: str, context: int, steps: int = 8) -> list
     engine, rows = llm.engine, []
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     for policy in ("full", "actqkv"):
-        prompt = [5 + (i * 7) % 3000 for i in range(context)]
-        request = engine.add_request(f"profile-{policy}", prompt, SamplingParams(temperature=0,
-                                     max_tokens=2 * steps + 4, ignore_eos=True),
-                                     kv={"policy": policy, "budget": 2048, "positions": "bounded"})
-        while request.seqs[0].num_output_tokens < 4:
-            engine.step()
+        request = _add_request(engine, f"profile-{policy}", context, policy, max_tokens=2 * steps + 4)
+        _run_until(engine, request, 4)
         synchronize(device)
         python = cProfile.Profile()
         python.enable()

@@ -11,7 +11,7 @@ from engine.kv.question import question_vectors
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import BlockSummaries
-from engine.kv.tiers import DeviceBlockCache, offload_problem, window_blocks
+from engine.kv.tiers import DeviceBlockCache, blocks_needed, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
 from engine.layers.mlp import GatedMLP
@@ -69,8 +69,7 @@ class ModelRunner:
         step_blocks = -(-self.config.max_num_batched_tokens // bs) + self.config.max_num_seqs
         capacity = self.config.kv_device_cache_blocks
         if capacity is None:   # per-head selection needs up to kv_heads x the retrieved blocks
-            capacity = max(512, step_blocks, window_blocks(kv.sink, kv.local, kv.window, kv.blocks_per_layer(bs), bs,
-                                                           kv_heads if kv.per_head else 1))
+            capacity = max(512, step_blocks, blocks_needed(kv, bs, kv_heads))
         problem = offload_problem(kv, bs, capacity, kv_heads)
         if problem is None and step_blocks > capacity:
             problem = (f"a step writes into up to {step_blocks} blocks per layer (max_num_batched_tokens / block "

@@ -32,7 +32,7 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
     kv_heads = reprs.shape[1]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
     group = heads // kv_heads
-    probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
+    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, group, dim)   # fp32 (weights)
     scores = _cosine(probe, reprs, state.config.per_head)
     if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(

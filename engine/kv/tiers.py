@@ -96,11 +96,12 @@ class DeviceBlockCache:
         self.v_flat.index_copy_(0, cached, v)
 
 
-def window_blocks(sink: int, local: int, window: int, budget_blocks: int, block_size: int, heads: int = 1) -> int:
-    """The most blocks one prefill window of one request needs resident: sinks, the local region reaching back
-    from the window's end (plus its partial block), and up to 2·budget_blocks retrieved blocks for each of the
-    `heads` that select their own (per-KV-head selection)."""
-    return -(-sink // block_size) + -(-(local + window) // block_size) + 1 + 2 * budget_blocks * heads
+def blocks_needed(kv, block_size: int, kv_heads: int) -> int:
+    """The most blocks one prefill window of a request with KV settings `kv` needs resident per layer: sinks, the
+    local region reaching back from the window's end (plus its partial block), and up to 2·budget retrieved blocks
+    for each KV head that selects its own (per-KV-head selection)."""
+    retrieved = 2 * kv.blocks_per_layer(block_size) * (kv_heads if kv.per_head else 1)
+    return -(-kv.sink // block_size) + -(-(kv.local + kv.window) // block_size) + 1 + retrieved
 
 
 def offload_problem(kv, block_size: int, capacity: int, kv_heads: int) -> str | None:
@@ -108,8 +109,7 @@ def offload_problem(kv, block_size: int, capacity: int, kv_heads: int) -> str | 
     if kv.policy == "full":
         return ("kv_policy full attends the whole context, which --kv-offload keeps off the device: "
                 "choose a retrieval policy (streaming, infllm, quest, actqkv).")
-    need = window_blocks(kv.sink, kv.local, kv.window, kv.blocks_per_layer(block_size), block_size,
-                         kv_heads if kv.per_head else 1)
+    need = blocks_needed(kv, block_size, kv_heads)
     if need > capacity:
         return (f"these KV settings need {need} blocks resident per layer but the device cache holds {capacity} "
                 f"(--kv-device-cache-blocks): raise it, or lower kv_budget, kv_local or kv_window (per-head selection "
