@@ -10,7 +10,7 @@ from engine.config import EngineConfig
 from engine.kv.question import question_vectors
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
-from engine.kv.summaries import BlockSummaries
+from engine.kv.summaries import ReceivedAttention
 from engine.kv.tiers import DeviceBlockCache, blocks_needed, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
@@ -52,8 +52,8 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, **pool), torch.zeros(shape, **pool))
                           for _ in range(model_config.num_hidden_layers)]
         self.kv_tiers = self._make_tiers() if config.kv_offload else None
-        self.summaries = BlockSummaries(model_config.num_hidden_layers, self.num_blocks, self.block_size,
-                                        model_config.num_key_value_heads, model_config.head_dim, self.device)
+        self.received = ReceivedAttention(model_config.num_hidden_layers, self.num_blocks * self.block_size,
+                                          model_config.num_key_value_heads, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
         self.sparsity = SparsityContext()
         self.calibration = calibrate.load(config.model)
@@ -193,7 +193,7 @@ class ModelRunner:
             slot_mapping=slot_mapping.to(dev), prefills=prefills,
             decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
             **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
-            retrieval_context=RetrievalContext(self.summaries, self.model.model.rotary_emb, bs, self.kv_tiers)
+            retrieval_context=RetrievalContext(self.received, self.model.model.rotary_emb, bs, self.kv_tiers)
             if retrieval else None,
             slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),

@@ -25,29 +25,33 @@ def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> tor
 
 
 def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int,
-                  prefilling: bool = False) -> torch.Tensor:
+                  prefilling: bool = False, reprs_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine between the activation-bias-weighted probe and each block's representative (heads concatenated);
-    with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling."""
+    with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling.
+    `reprs_sq` [N, Hkv]: the representatives' squared norms, if the caller keeps them."""
     w, heads, dim = q_global.shape
     kv_heads = reprs.shape[1]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
     group = heads // kv_heads
-    probe = (weights[:, None, None] * q_global).sum(0).view(kv_heads, group, dim)   # fp32 (weights)
-    scores = _cosine(probe, reprs, state.config.per_head)
+    probe = q_global[0].float() if w == 1 else (weights[:, None, None] * q_global).sum(0)   # fp32 (weights)
+    probe = probe.view(kv_heads, group, dim)
+    if reprs_sq is None:
+        reprs_sq = reprs.float().pow(2).sum(-1)
+    scores = _cosine(probe, reprs, reprs_sq, state.config.per_head)
     if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(
-            state.question[layer].view(kv_heads, group, dim), reprs, state.config.per_head)
+            state.question[layer].view(kv_heads, group, dim), reprs, reprs_sq, state.config.per_head)
     return scores
 
 
-def _cosine(probe: torch.Tensor, reprs: torch.Tensor, per_head: bool) -> torch.Tensor:
+def _cosine(probe: torch.Tensor, reprs: torch.Tensor, reprs_sq: torch.Tensor, per_head: bool) -> torch.Tensor:
     """Cosine between probe [Hkv, g, D] (heads concatenated) and each representative [N, Hkv, D] repeated over its
     query-head group, without materialising the repeat: <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv> and
     |rep(r)|² = g·Σ_kv |r_kv|². One score per block [N], or per KV head [N, Hkv]."""
     probe, reprs = probe.float(), reprs.float()
     group = probe.shape[1]
     dots = torch.einsum("kd,nkd->nk", probe.sum(1), reprs)                   # [N, Hkv]
-    rep_sq = reprs.pow(2).sum(-1) * group                                    # [N, Hkv]
+    rep_sq = reprs_sq * group                                                # [N, Hkv]
     probe_sq = probe.pow(2).sum(dim=(1, 2))                                  # [Hkv]
     if per_head:
         return dots / (rep_sq.sqrt() * probe_sq.sqrt()).clamp(min=1e-8)

@@ -19,9 +19,9 @@ import torch
 
 from engine.kv import policies
 from engine.kv.state import SequenceKVState
-from engine.kv.summaries import BlockSummaries
+from engine.kv.summaries import ReceivedAttention
 from engine.kv.tiers import DeviceBlockCache
-from engine.layers.rotary import RotaryEmbedding, rotate_by
+from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate
 
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
@@ -49,7 +49,7 @@ class RetrievalSlice:
 
 @dataclass
 class RetrievalContext:
-    summaries: BlockSummaries
+    received: ReceivedAttention
     rotary: RotaryEmbedding
     block_size: int
     tiers: list[DeviceBlockCache] | None = None   # per layer, with --kv-offload: the pool is read through these
@@ -63,8 +63,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     tier = ctx.tiers[layer] if ctx.tiers is not None else None
     if tier is not None:
         k_flat, v_flat = tier.k_flat, tier.v_flat
-    summaries = ctx.summaries
-    summaries.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
+    ctx.received.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
     out = torch.empty_like(q)
@@ -112,17 +111,17 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
     """(logical indices of the chosen candidate blocks (between `first` and `last`), None, their physical ids on
     the host with KV tiers or else None); or, where the count is a device tensor (ActQKV's cut-off off the CPU,
     without tiers), a static top-(2k), the mask of those kept, and None."""
-    cfg, s = item.state.config, ctx.summaries
-    physical = item.block_ids[first:last]
+    cfg, s = item.state.config, item.state.summaries
     if cfg.policy == "streaming":
-        chosen, count = physical[:0], 0
+        chosen, count = item.block_ids[:0], 0
     else:
         if cfg.policy == "quest":
-            scores = policies.quest_scores(qw, s.kmin[layer][physical], s.kmax[layer][physical])
+            scores = policies.quest_scores(qw, s.get("kmin", layer, first, last), s.get("kmax", layer, first, last))
         elif cfg.policy == "infllm":
-            scores = policies.infllm_scores(q_global, s.repr[layer][physical])
+            scores = policies.infllm_scores(q_global, s.get("repr", layer, first, last))
         else:
-            scores = policies.actqkv_scores(q_global, s.repr[layer][physical], item.state, layer, item.prefilling)
+            scores = policies.actqkv_scores(q_global, s.get("repr", layer, first, last), item.state, layer,
+                                            item.prefilling, s.get("repr_sq", layer, first, last))
         chosen, count = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
     if ctx.tiers is not None:   # the blocks are fetched by their ids on the host: the count comes in the same read
         host = torch.cat([chosen.flatten(), torch.as_tensor(count, device=chosen.device).view(1)]).tolist()
@@ -179,27 +178,36 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     q_heads = qw.float().permute(1, 0, 2)[None]                                         # [1, H, w, D]
     before = a - local_start
     assert before >= 0, "the window must lie inside the local region (KVConfig: window <= local)"
-    pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)]
-    if before > 0:
-        pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale))
+    local_scores = None
+    if w == 1:   # decode: every local key is visible; one piece, with its scores when they are recorded
+        out_local, lse_local, local_scores = _flash(q_heads, keys_local, values_local, scale,
+                                                    keep_scores=record_received)
+        pieces = [(out_local, lse_local)]
+    else:
+        pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)[:2]]
+        if before > 0:
+            pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale)[:2])
     if global_slots.shape[0]:
         keys_global = _gather(k_flat, global_slots).float()
         q_for_global = q_heads
         if bounded and q_global is not None:
-            keys_global = rotate_by(keys_global, -global_pos, ctx.rotary, local_start)   # back to pre-RoPE
+            keys_global = unrotate(keys_global, global_pos, ctx.rotary, local_start)   # back to pre-RoPE
             q_for_global = q_global.float().permute(1, 0, 2)[None]
         pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale,
-                             mask=global_keep))
+                             mask=global_keep)[:2])
     lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
     out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
     if record_received:
-        _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale)
+        _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale,
+                         local_scores)
     return out[0].permute(1, 0, 2).to(qw.dtype)
 
 
-def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None):
-    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w]). `mask` ([S]
-    or [S, Hkv], non-causal only) marks the keys to attend."""
+def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,
+           keep_scores: bool = False):
+    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w], and with
+    `keep_scores` the scaled scores [1, Hkv, g·w, S] (non-causal or w = 1 only), else None). `mask` ([S] or [S, Hkv],
+    non-causal only) marks the keys to attend."""
     _, heads, w, dim = q.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
@@ -208,7 +216,7 @@ def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tens
         q = q.reshape(1, kv_heads, group * w, dim)
     else:
         keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-    if q.device.type == "cpu" and mask is None:
+    if q.device.type == "cpu" and mask is None and not keep_scores:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, 0.0, causal,
                                                                               scale=scale)
     else:
@@ -220,21 +228,26 @@ def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tens
             scores = scores.masked_fill(~per_head[None, :, None, :], float("-inf"))
         lse = scores.logsumexp(-1)
         out = (scores - lse[..., None]).exp() @ values
-    return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w)
+    return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w), scores if keep_scores else None
 
 
-def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale):
+def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale,
+                     scores: torch.Tensor | None = None):
     """Add to each local key the attention probability it received from the window's queries (summed over the
-    queries and the query heads of its KV head): what picks the representative keys of a block."""
+    queries and the query heads of its KV head): what picks the representative keys of a block. `scores`: the
+    local keys' scaled scores [1, Hkv, g·w, L], if already computed (decode)."""
     kv_heads = keys_local.shape[1]
     group = q_heads.shape[1] // kv_heads
     q = q_heads[0].reshape(kv_heads, group * q_heads.shape[2], -1)                      # [Hkv, g·w, D]
-    scores = torch.bmm(q, keys_local.permute(1, 2, 0)) * scale                         # [Hkv, g·w, L]
-    key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
-    visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)                # [g·w, L]
+    if scores is None:
+        scores = torch.bmm(q, keys_local.permute(1, 2, 0)) * scale                     # [Hkv, g·w, L]
     # clamped so that exp never produces denormals, which are ~10x slower on x86 (exp(-80) is still normal)
-    probs = (scores - lse[0].view(kv_heads, -1, 1)).clamp_(min=-80.0).exp_().masked_fill_(~visible, 0.0)
-    ctx.summaries.received[layer].index_add_(0, local_slots, probs.sum(1).T)
+    probs = (scores.view(kv_heads, q.shape[1], -1) - lse[0].view(kv_heads, -1, 1)).clamp_(min=-80.0).exp_()
+    if positions.shape[0] > 1:   # causal inside the window
+        key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
+        visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)            # [g·w, L]
+        probs.masked_fill_(~visible, 0.0)
+    ctx.received.received[layer].index_add_(0, local_slots, probs.sum(1).T)
 
 
 def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int,
@@ -244,11 +257,11 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
     if upto <= done:
         return
     bs = ctx.block_size
-    logical = torch.arange(done, upto, device=k_flat.device)
-    physical = item.block_ids[logical]
+    physical = item.block_ids[done:upto]
     if tier is not None:
         tier.resident(item.host_table()[done:upto])
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
-    ctx.summaries.finalize(layer, physical, logical * bs, keys, ctx.rotary, repr_topk, last_position=upto * bs)
+    received = ctx.received.received[layer].view(-1, bs, keys.shape[2])[physical]
+    item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, repr_topk)
     item.state.finalized[layer] = upto

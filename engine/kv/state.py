@@ -3,12 +3,14 @@ import torch
 
 from engine.kv.actqkv import QueryStats
 from engine.kv.config import KVConfig
+from engine.kv.summaries import SequenceSummaries
 
 
 class SequenceKVState:
     def __init__(self, config: KVConfig, num_layers: int, device: torch.device):
         self.config = config
         self.finalized = [0] * num_layers            # logical blocks summarised so far, per layer
+        self.summaries = SequenceSummaries(num_layers)
         self.stats = [QueryStats() for _ in range(num_layers)]
         self.density = torch.ones(num_layers, device=device)   # recent information density per layer
         self.tokens_attended = [0] * num_layers      # by the last query of the last step, per layer

@@ -1,36 +1,54 @@
-"""Block summaries kept beside the paged KV pool, per layer and physical block.
+"""Block summaries: what the selection policies score a block by.
 
-- `repr`: the representative key (pre-RoPE): per KV head, the mean of the `repr_topk` keys of the block that
-  received the most attention while they were in the local window (InfLLM / ActQKV).
-- `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
-- `received`: per cached token and KV head, the attention it has received from local-window queries so far.
+- `ReceivedAttention` (one per KV pool): per cached token and KV head, the attention it has received from
+  local-window queries so far.
+- `SequenceSummaries` (one per request), per layer and logical block, appended as blocks leave the local window:
+  - `repr`: the representative key (pre-RoPE): per KV head, the mean of the `repr_topk` keys of the block that
+    received the most attention while they were in the local window (InfLLM / ActQKV); `repr_sq`: its squared norm;
+  - `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
+  Kept in logical order, a step reads its candidate blocks as one slice rather than gathering them by physical id.
 """
 import torch
 
-from engine.layers.rotary import RotaryEmbedding, rotate_by
+from engine.layers.rotary import RotaryEmbedding, unrotate
 
 
-class BlockSummaries:
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 device: torch.device):
-        def make(*shape):
-            return [torch.zeros(*shape, device=device) for _ in range(num_layers)]
-        self.block_size = block_size
-        self.repr = make(num_blocks, kv_heads, head_dim)
-        self.kmin = make(num_blocks, kv_heads, head_dim)
-        self.kmax = make(num_blocks, kv_heads, head_dim)
-        self.received = make(num_blocks * block_size, kv_heads)
+class ReceivedAttention:
+    def __init__(self, num_layers: int, num_slots: int, kv_heads: int, device: torch.device):
+        self.received = [torch.zeros(num_slots, kv_heads, device=device) for _ in range(num_layers)]
 
-    def finalize(self, layer: int, block_ids: torch.Tensor, first_position: torch.Tensor, keys: torch.Tensor,
-                 rotary: RotaryEmbedding, repr_topk: int, last_position: int | None = None):
-        """Summarise blocks `block_ids` [nb] whose cached (post-RoPE) keys are `keys` [nb, bs, Hkv, D] and whose
-        first token sits at `first_position` [nb] (`last_position`: a bound on their last token's, if known)."""
-        bs = self.block_size
-        positions = (first_position[:, None] + torch.arange(bs, device=keys.device)).flatten()
-        pre = rotate_by(keys.flatten(0, 1).float(), -positions, rotary, last_position).view_as(keys)
-        received = self.received[layer].view(-1, bs, keys.shape[2])[block_ids]            # [nb, bs, Hkv]
+
+class SequenceSummaries:
+    def __init__(self, num_layers: int):
+        self.length = [0] * num_layers
+        self.fields: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]   # name -> [capacity, ...]
+
+    def get(self, name: str, layer: int, first: int, last: int) -> torch.Tensor:
+        """Summary `name` of logical blocks first..last-1 of `layer` (a view)."""
+        return self.fields[layer][name][first:last]
+
+    def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
+                  rotary: RotaryEmbedding, repr_topk: int):
+        """Append the summaries of the next blocks of `layer`: their cached (post-RoPE) keys [nb, bs, Hkv, D], the
+        attention their tokens received [nb, bs, Hkv], their first token's position."""
+        nb, bs = keys.shape[:2]
+        positions = torch.arange(first_position, first_position + nb * bs, device=keys.device)
+        pre = unrotate(keys.flatten(0, 1).float(), positions, rotary, first_position + nb * bs).view_as(keys)
         top = received.topk(min(repr_topk, bs), dim=1).indices                              # [nb, r, Hkv]
-        chosen = pre.gather(1, top[..., None].expand(-1, -1, -1, keys.shape[-1]))
-        self.repr[layer][block_ids] = chosen.mean(1)
-        self.kmin[layer][block_ids] = keys.float().amin(1)
-        self.kmax[layer][block_ids] = keys.float().amax(1)
+        reprs = pre.gather(1, top[..., None].expand(-1, -1, -1, keys.shape[-1])).mean(1)
+        self._append(layer, repr=reprs, repr_sq=reprs.pow(2).sum(-1), kmin=keys.float().amin(1),
+                     kmax=keys.float().amax(1))
+
+    def _append(self, layer: int, **values: torch.Tensor):
+        start = self.length[layer]
+        end = start + next(iter(values.values())).shape[0]
+        store = self.fields[layer]
+        for name, value in values.items():
+            buffer = store.get(name)
+            if buffer is None or buffer.shape[0] < end:   # grow geometrically
+                grown = value.new_empty((max(end, 64, 2 * start), *value.shape[1:]))
+                if buffer is not None:
+                    grown[:start] = buffer[:start]
+                store[name] = buffer = grown
+            buffer[start:end] = value
+        self.length[layer] = end

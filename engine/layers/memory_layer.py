@@ -61,6 +61,7 @@ class MemoryLayer(torch.nn.Module):
         else:  # shared: the owner (the model) registers it, so its parameters have one name
             self.__dict__["tables"] = tables
         self.row_offset = row_offset
+        self._cached_version, self._cached = None, None   # see _sub_keys
         self.rows_read = 0  # value rows gathered by the decode path since creation (a counter for metrics/tests)
         with torch.no_grad():
             for norm in (self.query_norm, self.key_norm):
@@ -72,33 +73,49 @@ class MemoryLayer(torch.nn.Module):
     def select(self, x: torch.Tensor):
         """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, C, m]."""
         cfg = self.cfg
-        T, n, m = x.shape[0], cfg.num_keys, cfg.topk
-        q = self.query_norm(self.query_proj(x).view(T, cfg.heads, 2, cfg.key_dim))
-        keys = self.key_norm(self.keys.transpose(-1, -2))                       # [H, 2, n, r, k]
-        scores = torch.einsum("thsk,hsnrk->thsnr", q, keys)                      # [T, H, 2, n, r]
+        T, H, n, m, r = x.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank
+        q = self.query_norm(self.query_proj(x).view(T, H * 2, cfg.key_dim)).transpose(0, 1)   # [H·2, T, k]
+        keys, preselect = self._sub_keys()
+        scores = torch.bmm(q, keys).view(H * 2, T, n, r)                         # rows and columns: [H·2, T, n, r]
+        pre_idx = torch.bmm(q, preselect).topk(m, dim=-1).indices                # [H·2, T, m]
+        picked = scores.gather(2, pre_idx[..., None].expand(-1, -1, -1, r)).view(H, 2, T, m, r)
+        rows, cols = picked[:, 0, :, None], picked[:, 1, :, None]                # [H, T, 1, m, r]
+        grid = (rows @ self.tucker_core) @ cols.transpose(-1, -2)                # [H, T, C, m, m]
+        flat = grid.flatten(-2)
+        sel = flat.sum(2).topk(m, dim=-1).indices                                # [H, T, m]
+        chosen_scores = flat.gather(3, sel[:, :, None].expand(-1, -1, cfg.num_cores, -1))   # [H, T, C, m]
+        pre_idx = pre_idx.view(H, 2, T, m)
+        idx = pre_idx[:, 0].gather(2, sel // m) * n + pre_idx[:, 1].gather(2, sel % m)
+        table_rows = self.tables.values.shape[0]
+        return ((idx + self.row_offset) % table_rows).transpose(0, 1), chosen_scores.transpose(0, 1)
+
+    def _sub_keys(self):
+        """The normed sub-keys as [H·2, k, n·r] (rows then columns per head), and the same contracted with the
+        rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n]. Without
+        autograd they depend on the weights only, so they are cached until a weight changes in place."""
+        weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core)
+        version = tuple((id(w), w._version) for w in weights)
+        if not torch.is_grad_enabled() and self._cached_version == version:
+            return self._cached
+        cfg = self.cfg
+        normed = self.key_norm(self.keys.transpose(-1, -2))                      # [H, 2, n, r, k]
+        keys = normed.reshape(cfg.heads * 2, -1, cfg.key_dim).transpose(1, 2)
         with torch.no_grad():
             u_mat, _, vh = torch.linalg.svd(self.tucker_core.sum(0))
             sign = torch.where(u_mat[:, 0].sum() >= 0, 1.0, -1.0)  # SVD's sign is arbitrary; keep u positive
             u, t = sign * u_mat[:, 0], sign * vh[0]
-        row, col = scores[:, :, 0], scores[:, :, 1]                              # [T, H, n, r]
-        row_idx = (row @ u).topk(m, dim=-1).indices                              # [T, H, m]
-        col_idx = (col @ t).topk(m, dim=-1).indices
-        row_sel = row.gather(2, row_idx[..., None].expand(-1, -1, -1, row.shape[-1]))   # [T, H, m, r]
-        col_sel = col.gather(2, col_idx[..., None].expand(-1, -1, -1, col.shape[-1]))
-        grid = torch.einsum("thar,crs,thbs->thcab", row_sel, self.tucker_core, col_sel)  # [T, H, C, m, m]
-        flat = grid.flatten(-2)                                                  # [T, H, C, m*m]
-        sel = flat.sum(2).topk(m, dim=-1).indices                                # [T, H, m]
-        chosen_scores = flat.gather(3, sel[:, :, None, :].expand(-1, -1, cfg.num_cores, -1))  # [T, H, C, m]
-        idx = row_idx.gather(2, sel // m) * n + col_idx.gather(2, sel % m)
-        rows = self.tables.values.shape[0]
-        return (idx + self.row_offset) % rows, chosen_scores
+            preselect = torch.stack([normed[:, 0].transpose(-1, -2) @ u, normed[:, 1].transpose(-1, -2) @ t], 1)
+            preselect = preselect.reshape(cfg.heads * 2, cfg.num_keys, cfg.key_dim).transpose(1, 2)
+        if not torch.is_grad_enabled():
+            self._cached_version, self._cached = version, (keys.contiguous(), preselect.contiguous())
+        return keys, preselect
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training path (autograd through gathered rows). x [T, D] -> [T, D]."""
         cfg = self.cfg
         idx, scores = self.select(x)
         values, pre_values = self.tables.values, self.tables.pre_values
-        gate = torch.einsum("tp,thmp->thm", self.pre_proj(x), pre_values[idx])       # [T, H, m]
+        gate = (pre_values[idx] @ self.pre_proj(x)[:, None, :, None]).squeeze(-1)    # [T, H, m]
         parts = values[idx].view(*idx.shape, cfg.num_cores, -1)                      # [T, H, m, C, v/C]
         weights = scores.transpose(2, 3) * gate[..., None]                          # [T, H, m, C]
         out = (parts * weights[..., None]).sum(dim=(1, 2)).flatten(1)               # [T, v]
@@ -111,7 +128,7 @@ class MemoryLayer(torch.nn.Module):
         T = x.shape[0]
         idx, scores = self.select(x)
         values, pre_values = self.tables.values, self.tables.pre_values
-        gate = torch.einsum("tp,thmp->thm", self.pre_proj(x), F.embedding(idx, pre_values))
+        gate = (F.embedding(idx, pre_values) @ self.pre_proj(x)[:, None, :, None]).squeeze(-1)   # [T, H, m]
         # V viewed as [rows*C, v/C]: row i's part c is row i*C + c, so each part is one contiguous row
         parts = values.view(-1, cfg.value_dim // cfg.num_cores)
         part_idx = idx[..., None] * cfg.num_cores + torch.arange(cfg.num_cores, device=x.device)   # [T, H, m, C]

@@ -69,8 +69,9 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 class RotaryEmbedding(torch.nn.Module):
     """RoPE angle tables, looked up per step by position.
 
-    The cos/sin tables are plain tensors computed in fp32 on the CPU (also when the model is built on the meta
-    device) and moved to the positions' device on first use; they grow when a position passes their end.
+    The cos/sin tables hold one entry per frequency (head_dim / 2 columns: the rotate-half layout uses each twice).
+    They are plain tensors computed in fp32 on the CPU (also when the model is built on the meta device) and moved
+    to the positions' device on first use; they grow when a position passes their end.
     """
 
     def __init__(self, cfg: ModelConfig, max_positions: int):
@@ -80,13 +81,13 @@ class RotaryEmbedding(torch.nn.Module):
 
     def _build(self, n: int, device: torch.device):
         freqs = torch.outer(torch.arange(n, dtype=torch.float32, device="cpu"), self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = (emb.cos() * self.attention_scaling).to(device)
-        self.sin = (emb.sin() * self.attention_scaling).to(device)
+        self.cos = (freqs.cos() * self.attention_scaling).to(device)
+        self.sin = (freqs.sin() * self.attention_scaling).to(device)
 
     def lookup(self, positions: torch.Tensor, max_position: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim,). A caller that knows
-        a bound on the positions passes it as `max_position`, which saves reading their maximum (a host sync)."""
+        """cos and sin for non-negative `positions` of any shape: positions.shape + (head_dim / 2,). A caller that
+        knows a bound on the positions passes it as `max_position`, which saves reading their maximum (a host
+        sync)."""
         max_pos = max_position
         if max_pos is None:
             max_pos = int(positions.max()) if positions.numel() else 0
@@ -95,31 +96,56 @@ class RotaryEmbedding(torch.nn.Module):
             while size <= max_pos:
                 size *= 2  # grow geometrically: one rebuild per doubling of the context, not one per step
             self._build(size, positions.device)
-        return self.cos[positions], self.sin[positions]
+        flat = positions.reshape(-1)
+        shape = positions.shape + (self.cos.shape[1],)
+        return self.cos.index_select(0, flat).view(shape), self.sin.index_select(0, flat).view(shape)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables for `positions`, shaped [tokens, 1, head_dim]; computed once per step."""
+        """cos and sin tables for `positions`, shaped [tokens, 1, head_dim / 2]; computed once per step."""
         cos, sin = self.lookup(positions)
         return cos.unsqueeze(1), sin.unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate query or key vectors [tokens, heads, head_dim] by their positions' angles (rotate-half layout)."""
-    cos, sin = cos_sin
+def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], inverse: bool = False
+                 ) -> torch.Tensor:
+    """Rotate query or key vectors [..., head_dim] (rotate-half layout) by the angles whose cos and sin
+    [..., head_dim / 2] broadcast against them; `inverse` rotates by the opposite angles."""
+    cos, sin = (t.to(x.dtype) for t in cos_sin)
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    if torch.is_grad_enabled():   # autograd: out= and in-place ops are not differentiable
+        sin = -sin if inverse else sin
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    sign = -1 if inverse else 1   # the same, without temporaries
+    out = torch.empty_like(x)   # the angles broadcast against x, never beyond it
+    first, second = out[..., :half], out[..., half:]
+    torch.mul(x1, cos, out=first).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=second).addcmul_(x1, sin, value=sign)
+    return out
+
+
+def _unscaled(rotary: RotaryEmbedding, cos_sin):
+    """A pure rotation: YaRN's attention scaling, already in the cached vectors, is not applied again."""
+    if rotary.attention_scaling == 1.0:
+        return cos_sin
+    return tuple(t / rotary.attention_scaling for t in cos_sin)
 
 
 def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding, max_offset: int | None = None
               ) -> torch.Tensor:
     """Rotate vectors x [..., head_dim] by position offsets `delta` (possibly negative) whose shape is a prefix of
     x's leading dimensions. RoPE rotations compose, so a cached key of position p moves to p + delta this way.
-    A pure rotation: YaRN's attention scaling, already in the cached vectors, is not applied again. `max_offset`,
-    if given, bounds |delta| (no host sync to find it)."""
-    cos, sin = rotary.lookup(delta.abs(), max_offset)
-    if rotary.attention_scaling != 1.0:
-        cos, sin = cos / rotary.attention_scaling, sin / rotary.attention_scaling
+    `max_offset`, if given, bounds |delta| (no host sync to find it)."""
+    cos, sin = _unscaled(rotary, rotary.lookup(delta.abs(), max_offset))
     sin = sin * torch.where(delta < 0, -1.0, 1.0).to(sin.dtype)[..., None]
-    shape = delta.shape + (1,) * (x.dim() - 1 - delta.dim()) + (x.shape[-1],)
+    shape = delta.shape + (1,) * (x.dim() - 1 - delta.dim()) + (cos.shape[-1],)
     return apply_rotary(x, (cos.view(shape), sin.view(shape)))
+
+
+def unrotate(x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, max_position: int | None = None
+             ) -> torch.Tensor:
+    """Cached (post-RoPE) vectors x [..., head_dim] at non-negative `positions` (a prefix of x's leading shape)
+    back to position 0: `rotate_by(x, -positions)` without the sign tensor."""
+    cos, sin = _unscaled(rotary, rotary.lookup(positions, max_position))
+    shape = positions.shape + (1,) * (x.dim() - 1 - positions.dim()) + (cos.shape[-1],)
+    return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=True)

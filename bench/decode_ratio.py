@@ -1,0 +1,86 @@
+"""Decode ms/token of KV policies at one context length, side by side: the ratio to `full` that noise cannot fake.
+
+    python -m bench.decode_ratio --model engine/demo/model --length 32768 --policies full,streaming,actqkv \
+        --rounds 8 --steps 16 --json bench/results/decode_ratio_demo.json
+
+One engine per policy holds one request, prefilled once. Then, round after round, each engine decodes `--steps`
+tokens in turn, so that a slow spell of a shared machine hits every policy alike. Reported per policy: the median
+over rounds of the round's mean ms/token, the spread (min-max of the round means), and the ratio of medians to
+`full`. Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from bench.common import machine, write_json
+from engine import LLM, SamplingParams
+
+
+def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int):
+    """An engine holding one request of `length` prompt tokens, decoded to its first token."""
+    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048)
+    engine = llm.engine
+    vocab = llm.engine.runner.model_config.vocab_size
+    prompt = [5 + (i * 7919) % (vocab - 5) for i in range(length)]
+    request = engine.add_request("decode", prompt, SamplingParams(temperature=0, max_tokens=max_tokens,
+                                                                   ignore_eos=True), kv=kv)
+    start = time.perf_counter()
+    while request.seqs[0].num_output_tokens < 1:
+        engine.step()
+    return engine, time.perf_counter() - start
+
+
+def decode_round(engine, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled demo model)")
+    ap.add_argument("--length", type=int, default=32768)
+    ap.add_argument("--policies", default="full,actqkv")
+    ap.add_argument("--budget", type=int, default=2048)
+    ap.add_argument("--positions", default="bounded")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16, help="decode steps per engine per round")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from engine.demo import bundled_model_dir
+    model = args.model or bundled_model_dir()
+    policies = args.policies.split(",")
+    max_tokens = args.rounds * args.steps + 8   # +warm-up
+    engines, prefill_s = {}, {}
+    for policy in tqdm(policies, desc="prefill"):
+        kv = {"policy": policy, "budget": args.budget, "positions": args.positions}
+        engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens)
+        decode_round(engines[policy], 4)   # warm-up
+    rounds = {p: [] for p in policies}
+    for _ in tqdm(range(args.rounds), desc="rounds"):
+        for policy in policies:
+            rounds[policy].append(decode_round(engines[policy], args.steps))
+    medians = {p: statistics.median(v) for p, v in rounds.items()}
+    rows = [{"policy": p, "context_len": args.length, "budget": args.budget, "positions": args.positions,
+             "prefill_s": prefill_s[p], "decode_ms_per_token": medians[p], "round_min_ms": min(rounds[p]),
+             "round_max_ms": max(rounds[p]), "speedup_vs_full": medians["full"] / medians[p] if "full" in medians
+             else None} for p in policies]
+    print(f"{'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7}")
+    for r in rows:
+        ratio = f"{r['speedup_vs_full']:.2f}x" if r["speedup_vs_full"] else "-"
+        print(f"{r['policy']:>10} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:9.2f} "
+              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7}")
+    write_json(args.json, {"machine": machine(), "model": model, "rounds": args.rounds, "steps": args.steps,
+                           "threads": torch.get_num_threads(), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""bench/decode_ratio.py: policies decoded side by side in rounds, on the bundled model."""
+import json
+
+from bench import decode_ratio
+
+
+def test_rounds_time_every_policy_and_ratio_to_full(tmp_path):
+    out = tmp_path / "ratio.json"
+    rows = decode_ratio.main(["--length", "1024", "--policies", "full,streaming,actqkv", "--budget", "704",
+                              "--rounds", "2", "--steps", "3", "--json", str(out)])
+    assert [r["policy"] for r in rows] == ["full", "streaming", "actqkv"]
+    for r in rows:
+        assert 0 < r["round_min_ms"] <= r["decode_ms_per_token"] <= r["round_max_ms"] and r["prefill_s"] > 0
+    assert rows[0]["speedup_vs_full"] == 1.0
+    assert rows[2]["speedup_vs_full"] == rows[0]["decode_ms_per_token"] / rows[2]["decode_ms_per_token"]
+    assert json.loads(out.read_text())["rows"] == rows
