@@ -6,7 +6,8 @@
 One engine per policy holds one request, prefilled once. Then, round after round, each engine decodes `--steps`
 tokens in turn, so that a slow spell of a shared machine hits every policy alike. Reported per policy: the median
 over rounds of the round's mean ms/token, the spread (min-max of the round means), and the ratio of medians to
-`full`. Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored.
+`full`. Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may
+carry knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax).
 """
 import argparse
 import statistics
@@ -15,6 +16,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from bench.actqkv_knobs import parse_knobs
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
 
@@ -44,7 +46,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: the bundled demo model)")
     ap.add_argument("--length", type=int, default=32768)
-    ap.add_argument("--policies", default="full,actqkv")
+    ap.add_argument("--policies", default="full,actqkv", help="comma-separated; knobs after a colon")
     ap.add_argument("--budget", type=int, default=2048)
     ap.add_argument("--positions", default="bounded")
     ap.add_argument("--rounds", type=int, default=8)
@@ -60,7 +62,8 @@ def main(argv=None):
     max_tokens = args.rounds * args.steps + 8   # +warm-up
     engines, prefill_s = {}, {}
     for policy in tqdm(policies, desc="prefill"):
-        kv = {"policy": policy, "budget": args.budget, "positions": args.positions}
+        name, _, knobs = policy.partition(":")
+        kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
         engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens)
         decode_round(engines[policy], 4)   # warm-up
     rounds = {p: [] for p in policies}

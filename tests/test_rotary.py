@@ -18,3 +18,34 @@ def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
     positions, delta = torch.tensor([0, 3, 50, 300, 700]), torch.tensor([7, -3, 200, -250, 100])
     moved = rotate_by(apply_rotary(x, rotary(positions)), delta, rotary)
     assert (moved - apply_rotary(x, rotary(positions + delta))).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 256}])
+def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
+    from engine.layers.rotary import unrotate, unrotate_range
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
+                                 "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
+    rotary = RotaryEmbedding(cfg, 256)
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 16)
+    at_zero = apply_rotary(x, rotary(torch.zeros(6, dtype=torch.long)))
+    scattered = torch.tensor([0, 3, 50, 300, 700, 2000])   # past the table's end: it grows
+    assert (unrotate(apply_rotary(x, rotary(scattered)), scattered, rotary) - at_zero).abs().max() < 1e-4
+    consecutive = torch.arange(1500, 1506)
+    assert (unrotate_range(apply_rotary(x, rotary(consecutive)), 1500, rotary) - at_zero).abs().max() < 1e-4
+
+
+def test_rotation_with_and_without_autograd_agree():
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4})
+    rotary = RotaryEmbedding(cfg, 64)
+    x, positions = torch.randn(5, 4, 16, requires_grad=True), torch.arange(5)
+    trained = apply_rotary(x, rotary(positions))
+    with torch.no_grad():
+        served = apply_rotary(x, rotary(positions))
+        assert (trained - served).abs().max() < 1e-6
+        assert (apply_rotary(served, rotary(positions), inverse=True) - x).abs().max() < 1e-5
+    trained.sum().backward()
+    assert x.grad is not None

@@ -21,7 +21,7 @@ from engine.kv import policies
 from engine.kv.state import SequenceKVState
 from engine.kv.summaries import ReceivedAttention
 from engine.kv.tiers import DeviceBlockCache
-from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate
+from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate, unrotate_range
 
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
@@ -164,6 +164,8 @@ def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Tensor:
     """Queries at `positions` (= a..b-1) moved to position `distance` (pre-RoPE keys then sit `distance` behind)."""
+    if a >= distance:   # the usual case: every query moves back, by a consecutive range of offsets
+        return unrotate_range(q, a - distance, rotary)
     return rotate_by(q, distance - positions, rotary, max(abs(distance - a), abs(distance - b)) + 1)
 
 

@@ -100,6 +100,15 @@ class RotaryEmbedding(torch.nn.Module):
         shape = positions.shape + (self.cos.shape[1],)
         return self.cos.index_select(0, flat).view(shape), self.sin.index_select(0, flat).view(shape)
 
+    def range(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions start..end-1 (0 <= start): slices of the tables, no lookup."""
+        if end > self.cos.shape[0] or self.cos.device != device:
+            size = self.cos.shape[0]
+            while size < end:
+                size *= 2
+            self._build(size, device)
+        return self.cos[start:end], self.sin[start:end]
+
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables for `positions`, shaped [tokens, 1, head_dim / 2]; computed once per step."""
         cos, sin = self.lookup(positions)
@@ -148,4 +157,11 @@ def unrotate(x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, 
     back to position 0: `rotate_by(x, -positions)` without the sign tensor."""
     cos, sin = _unscaled(rotary, rotary.lookup(positions, max_position))
     shape = positions.shape + (1,) * (x.dim() - 1 - positions.dim()) + (cos.shape[-1],)
+    return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=True)
+
+
+def unrotate_range(x: torch.Tensor, first: int, rotary: RotaryEmbedding) -> torch.Tensor:
+    """Vectors x [T, ...] at the consecutive positions first..first+T-1 back to position 0."""
+    cos, sin = _unscaled(rotary, rotary.range(first, first + x.shape[0], x.device))
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)
     return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=True)
