@@ -21,9 +21,10 @@ from bench.common import machine, write_json
 from engine import LLM, SamplingParams
 
 
-def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int):
+def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cache_memory: str | None = None):
     """An engine holding one request of `length` prompt tokens, decoded to its first token."""
-    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048)
+    extra = {"kv_cache_memory": kv_cache_memory} if kv_cache_memory else {}
+    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048, **extra)
     engine = llm.engine
     vocab = llm.engine.runner.model_config.vocab_size
     prompt = [5 + (i * 7919) % (vocab - 5) for i in range(length)]
@@ -51,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--positions", default="bounded")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=16, help="decode steps per engine per round")
+    ap.add_argument("--kv-cache-memory", default=None, help="per engine, e.g. 4GiB (default: the engine's)")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -64,7 +66,8 @@ def main(argv=None):
     for policy in tqdm(policies, desc="prefill"):
         name, _, knobs = policy.partition(":")
         kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
-        engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens)
+        engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
+                                                                       args.kv_cache_memory)
         decode_round(engines[policy], 4)   # warm-up
     rounds = {p: [] for p in policies}
     for _ in tqdm(range(args.rounds), desc="rounds"):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease (15 device minutes in all, ≤ 600 s per call): mostly more training of the bundled demo model,
-# beside the two device checks still open (the split-K sparse kernel's timing; host syncs in windowed attention).
+# beside the device checks still open (the split-K sparse kernel's timing, host syncs in windowed attention, the
+# offloaded tiers' two-group fetch against the CPU).
 # Results land in $OUT (≤ 8 files come back; each ≤ 16 MiB).
 #   run(command="bash bench/gpu_session.sh", timeout_s=600)                      # first call: ~9.5 min
 #   run(command="MODE=continue TRAIN_S=150 bash bench/gpu_session.sh", timeout_s=240)   # if the machine is warm
@@ -21,7 +22,7 @@ fi
     --device ${DEVICE:-cuda} --workers ${WORKERS:-12} --threads 1 --minutes $(python3 -c "print($TRAIN_S / 60)") \
     --advance-on passkey --advance-at 0.9 --stats-every 4 > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
 if [ "$MODE" = first ]; then
-    timeout 240 python3 -m bench.gpu_check --sections kernels,host_syncs --json $OUT/gpu_check.json \
+    timeout 300 python3 -m bench.gpu_check --sections kernels,host_syncs,policies --json $OUT/gpu_check.json \
         > $OUT/gpu_check.log 2>&1
     echo "checks done at ${SECONDS}s"
 fi

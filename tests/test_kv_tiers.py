@@ -70,6 +70,21 @@ def test_device_cache_writes_back_evicted_blocks():
         cache.resident([0, 1, 2])
 
 
+def test_fetch_loads_both_groups_together_and_gives_their_waits():
+    k_host = torch.arange(6 * 4 * 2, dtype=torch.float32).view(6, 4, 1, 2)
+    cache = DeviceBlockCache(k_host, k_host.clone(), capacity=3, device=torch.device("cpu"))
+    cache.resident([0, 1, 2])
+    ready = cache.fetch([4], [2, 5])           # 2 is a hit; 0 and 1 (least recently used) make room
+    ready(0), ready(1)
+    assert sorted(cache.lru) == [2, 4, 5] and (cache.hits, cache.misses) == (1, 5)
+    for block in (2, 4, 5):
+        assert torch.equal(cache.k[cache.where[block]], k_host[block])
+    cache.fetch([2], [4])                      # both resident: no copies, nothing to wait for
+    assert (cache.hits, cache.misses) == (3, 5)
+    with pytest.raises(RuntimeError, match="kv-device-cache-blocks"):
+        cache.fetch([0, 1], [3, 4])            # four blocks at once cannot fit
+
+
 def test_metrics_report_the_device_cache_hit_rate(engines):
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families

@@ -89,10 +89,10 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
                 global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep])
         global_slots = item.slots[global_pos]
         local_slots = item.slots[local_start:b]
-        read_global, read_local = global_slots, local_slots
-        if tier is not None:   # sinks, local region and retrieved blocks resident at once
+        read_global, read_local, ready = global_slots, local_slots, None
+        if tier is not None:   # local region, sinks and retrieved blocks resident at once; copied in that order
             table = item.host_table()
-            tier.resident(table[:sink_end // bs] + table[local_start // bs:-(-b // bs)] + retrieved)
+            ready = tier.fetch(table[local_start // bs:-(-b // bs)], table[:sink_end // bs] + retrieved)
             read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
             picked = global_pos[sink_end:] if global_keep is None else global_pos[sink_end:][global_keep[sink_end:]]
@@ -100,7 +100,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
-                            record_received=cfg.policy in REPRESENTATIVE_POLICIES)
+                            record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready)
         attended_global = (global_slots.shape[0] if global_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
@@ -170,11 +170,15 @@ def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Ten
 
 
 def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
-            local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool) -> torch.Tensor:
+            local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool,
+            ready=None) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
     their log-sum-exp: global keys (only those in `global_keep`, when given), local keys before the window, and the
-    window itself (causal). Slots index `k_flat`/`v_flat`; `pool_local_slots` are the local keys' pool slots."""
+    window itself (causal). Slots index `k_flat`/`v_flat`; `pool_local_slots` are the local keys' pool slots.
+    With KV tiers, `ready(0)` / `ready(1)` wait for the local / other blocks' copies before they are read."""
     w, heads, dim = qw.shape
+    if ready is not None:
+        ready(0)
     keys_local = k_flat.index_select(0, local_slots).float()
     values_local = v_flat.index_select(0, local_slots).float()
     q_heads = qw.float().permute(1, 0, 2)[None]                                         # [1, H, w, D]
@@ -189,6 +193,8 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)[:2]]
         if before > 0:
             pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale)[:2])
+    if ready is not None:
+        ready(1)
     if global_slots.shape[0]:
         keys_global = _gather(k_flat, global_slots).float()
         q_for_global = q_heads

@@ -4,8 +4,9 @@ With `--kv-offload` the paged pool lives in host memory (pinned on CUDA) and onl
 resident on the device, in a per-layer cache of `--kv-device-cache-blocks` blocks: the device-resident KV is bounded
 by the cache, not by the context length (the block summaries stay on the device: about 3/block_size of the pool
 in fp32). The cache is write-back: a step's new keys and values are written into cached blocks, and a block is
-copied back to the pool only when it is evicted dirty. Copies run on a side stream on CUDA, but the compute stream
-waits for them right away: there is no prefetch yet, so they overlap only with work already queued. On the CPU
+copied back to the pool only when it is evicted dirty. Copies run on a side stream on CUDA. A window's blocks are
+fetched in two groups (`fetch`): its local region first, then its sinks and retrieved blocks; the compute stream
+waits for each group only where it reads it, so the retrieved blocks' copies overlap the local attention. On the CPU
 both tiers are RAM (the same code path, used by the tests); without offload there is one tier and the pool is read
 directly.
 
@@ -38,51 +39,74 @@ class DeviceBlockCache:
 
     def resident(self, blocks, dirty: bool = False, count: bool = True):
         """Load the missing ones of the physical `blocks` (list or tensor; a tensor is read on the host), evicting
-        the least recently used others. `count`: add the lookups to the hit and miss counts (reads, not writes)."""
+        the least recently used others; the compute stream waits for the copies. `count`: add the lookups to the
+        hit and miss counts (reads, not writes)."""
         wanted = list(dict.fromkeys(blocks.flatten().tolist() if torch.is_tensor(blocks) else blocks))
+        self._wait(self._load(wanted, self._plan(wanted, count), dirty))
+
+    def fetch(self, first: list[int], then: list[int]):
+        """Make the blocks `first` and `then` resident together, copying those of `first` before those of `then`;
+        returns a function to call before reading each group: `ready(0)` for `first`, `ready(1)` for `then`.
+        Compute queued between the two calls overlaps the copies of `then` (on CUDA)."""
+        wanted = list(dict.fromkeys(first + then))
+        loads = self._plan(wanted, count=True)
+        early = set(first)
+        events = [self._load(first, [x for x in loads if x[0] in early]),
+                  self._load(then, [x for x in loads if x[0] not in early])]
+        return lambda group: self._wait(events[group])
+
+    def _plan(self, wanted: list[int], count: bool) -> list[tuple[int, int, int | None]]:
+        """Cache slots for the missing blocks of `wanted`: (block, slot, evicted block or None), LRU order updated."""
         if len(wanted) > self.capacity:
             raise RuntimeError(f"a window needs {len(wanted)} KV blocks resident but the device cache holds "
                                f"{self.capacity}: raise --kv-device-cache-blocks")
         keep = set(wanted)
-        loads, evictions = [], []
+        loads = []
         for block in wanted:
             if block in self.lru:
                 self.lru.move_to_end(block)
                 self.hits += count
                 continue
             self.misses += count
+            old = None
             if self.free:
                 slot = self.free.pop()
             else:
                 old = next(b for b in self.lru if b not in keep)
                 slot = self.lru.pop(old)
-                evictions.append((old, slot))
             self.lru[block] = slot
-            loads.append((block, slot))
-        if dirty:
-            self.dirty.update(wanted)
-        if loads:
-            self._copy(evictions, loads)
+            loads.append((block, slot, old))
+        return loads
 
-    def _copy(self, evictions, loads):
+    def _load(self, blocks: list[int], loads, dirty: bool = False):
+        """Write back the evicted dirty blocks and copy in `loads` (on the side stream on CUDA); mark `blocks`
+        dirty if asked. Returns the copies' CUDA event (None: nothing to wait for)."""
+        if dirty:
+            self.dirty.update(blocks)
+        if not loads:
+            return None
         current = torch.cuda.current_stream() if self.stream is not None else None
         if self.stream is not None:
             self.stream.wait_stream(current)   # the slots being reused are no longer read by queued compute
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
-            for block, slot in evictions:
-                if block in self.dirty:
-                    self.k_host[block].copy_(self.k[slot], non_blocking=True)
-                    self.v_host[block].copy_(self.v[slot], non_blocking=True)
-                    self.dirty.discard(block)
-            for block, slot in loads:
+            for _, slot, old in loads:
+                if old is not None and old in self.dirty:
+                    self.k_host[old].copy_(self.k[slot], non_blocking=True)
+                    self.v_host[old].copy_(self.v[slot], non_blocking=True)
+                    self.dirty.discard(old)
+            for block, slot, _ in loads:
                 self.k[slot].copy_(self.k_host[block], non_blocking=True)
                 self.v[slot].copy_(self.v_host[block], non_blocking=True)
-        gone = torch.tensor([b for b, _ in evictions], dtype=torch.long)
-        moved = torch.tensor([b for b, _ in loads], dtype=torch.long)
+        gone = torch.tensor([old for _, _, old in loads if old is not None], dtype=torch.long)
+        moved = torch.tensor([block for block, _, _ in loads], dtype=torch.long)
         self.where[gone.to(self.where.device)] = -1
-        self.where[moved.to(self.where.device)] = torch.tensor([s for _, s in loads]).to(self.where.device)
-        if self.stream is not None:
-            current.wait_stream(self.stream)
+        self.where[moved.to(self.where.device)] = torch.tensor([slot for _, slot, _ in loads]).to(self.where.device)
+        return self.stream.record_event() if self.stream is not None else None
+
+    @staticmethod
+    def _wait(event):
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)
 
     def translate(self, slots: torch.Tensor) -> torch.Tensor:
         """Pool slots (block·bs + offset, any shape) of resident blocks -> slots of the cache's flat views."""
