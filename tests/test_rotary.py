@@ -6,13 +6,16 @@ from engine.layers.rotary import RotaryEmbedding, apply_rotary, rotate_by
 from engine.models.model_config import ModelConfig
 
 
+def _config(rope_scaling) -> ModelConfig:
+    return ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                  "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
+                                  "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
+
+
 @pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
                                                  "original_max_position_embeddings": 256}])
 def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
-                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
-                                 "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
-    rotary = RotaryEmbedding(cfg, 1024)
+    rotary = RotaryEmbedding(_config(rope_scaling), 1024)
     torch.manual_seed(0)
     x = torch.randn(5, 4, 16)
     positions, delta = torch.tensor([0, 3, 50, 300, 700]), torch.tensor([7, -3, 200, -250, 100])
@@ -24,10 +27,7 @@ def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
                                                  "original_max_position_embeddings": 256}])
 def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
     from engine.layers.rotary import unrotate, unrotate_range
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
-                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
-                                 "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
-    rotary = RotaryEmbedding(cfg, 256)
+    rotary = RotaryEmbedding(_config(rope_scaling), 256)
     torch.manual_seed(0)
     x = torch.randn(6, 4, 16)
     at_zero = apply_rotary(x, rotary(torch.zeros(6, dtype=torch.long)))
@@ -38,9 +38,7 @@ def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
 
 
 def test_rotation_with_and_without_autograd_agree():
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
-                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4})
-    rotary = RotaryEmbedding(cfg, 64)
+    rotary = RotaryEmbedding(_config(None), 64)
     x, positions = torch.randn(5, 4, 16, requires_grad=True), torch.arange(5)
     trained = apply_rotary(x, rotary(positions))
     with torch.no_grad():
