@@ -84,9 +84,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K] / [K, Hkv]
             sinks = _expand(torch.arange(sink_end, device=q.device), chosen)
             block_pos, block_keep = _block_positions(chosen, bs, keep)
-            global_pos = torch.cat([sinks, block_pos])
+            global_pos = torch.cat([sinks, block_pos], dim=-1)                 # [S] shared, [Hkv, S] per head
             if block_keep is not None:
-                global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep])
+                global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep], dim=-1)
         global_slots = item.slots[global_pos]
         local_slots = item.slots[local_start:b]
         read_global, read_local, ready = global_slots, local_slots, None
@@ -95,13 +95,14 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             ready = tier.fetch(table[local_start // bs:-(-b // bs)], table[:sink_end // bs] + retrieved)
             read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
-            picked = global_pos[sink_end:] if global_keep is None else global_pos[sink_end:][global_keep[sink_end:]]
+            picked = global_pos[..., sink_end:]
+            picked = picked if global_keep is None else picked[global_keep[..., sink_end:]]
             chosen_blocks = set((picked // bs).flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
                             record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready)
-        attended_global = (global_slots.shape[0] if global_keep is None
+        attended_global = (global_slots.shape[-1] if global_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
     return out
@@ -138,27 +139,28 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
 
 
 def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Shared slots [S] as [S, Hkv] when the selection is per KV head."""
-    return slots if chosen.dim() == 1 else slots[:, None].expand(-1, chosen.shape[1])
+    """Shared slots [S] as [Hkv, S] when the selection is per KV head."""
+    return slots if chosen.dim() == 1 else slots[None, :].expand(chosen.shape[1], -1)
 
 
 def _block_positions(chosen: torch.Tensor, bs: int, keep: torch.Tensor | None = None):
-    """Token positions of the chosen logical blocks, in position order: [k·bs] or [k·bs, Hkv]; and `keep` (the
-    blocks' mask, if any) per token in the same order."""
+    """Token positions of the chosen logical blocks ([K] or [K, Hkv]), in position order: [K·bs] shared or
+    [Hkv, K·bs] per head; and `keep` (the blocks' mask, if any) per token in the same layout."""
     chosen, order = chosen.sort(dim=0)
-    keep = None if keep is None else keep[order].repeat_interleave(bs, dim=0)
     offsets = torch.arange(bs, device=chosen.device)
     if chosen.dim() == 1:
+        keep = None if keep is None else keep[order].repeat_interleave(bs)
         return (chosen[:, None] * bs + offsets).flatten(), keep
-    return (chosen[:, None, :] * bs + offsets[None, :, None]).flatten(0, 1), keep
+    keep = None if keep is None else keep[order].T.repeat_interleave(bs, dim=1)
+    return (chosen.T[:, :, None] * bs + offsets).flatten(1), keep
 
 
 def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """Keys or values at `slots` ([S] shared or [S, Hkv] per head) -> [S, Hkv, D]."""
+    """Keys or values at `slots`: [S] shared -> [S, Hkv, D]; [Hkv, S] per head -> [Hkv, S, D] (head-major)."""
     if slots.dim() == 1:
         return flat.index_select(0, slots)
     kv_heads = flat.shape[1]
-    rows = slots * kv_heads + torch.arange(kv_heads, device=slots.device)              # into [slots·Hkv, D]
+    rows = slots * kv_heads + torch.arange(kv_heads, device=slots.device)[:, None]     # into [slots·Hkv, D]
     return flat.reshape(-1, flat.shape[-1]).index_select(0, rows.flatten()).view(*slots.shape, -1)
 
 
@@ -186,23 +188,26 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     assert before >= 0, "the window must lie inside the local region (KVConfig: window <= local)"
     local_scores = None
     if w == 1:   # decode: every local key is visible; one piece, with its scores when they are recorded
-        out_local, lse_local, local_scores = _flash(q_heads, keys_local, values_local, scale,
-                                                    keep_scores=record_received)
+        out_local, lse_local, local_scores = _flash(q_heads, keys_local.transpose(0, 1),
+                                                    values_local.transpose(0, 1), scale, keep_scores=record_received)
         pieces = [(out_local, lse_local)]
     else:
-        pieces = [_flash(q_heads, keys_local[before:], values_local[before:], scale, causal=True)[:2]]
+        head_major_k, head_major_v = keys_local.transpose(0, 1), values_local.transpose(0, 1)
+        pieces = [_flash(q_heads, head_major_k[:, before:], head_major_v[:, before:], scale, causal=True)[:2]]
         if before > 0:
-            pieces.append(_flash(q_heads, keys_local[:before], values_local[:before], scale)[:2])
+            pieces.append(_flash(q_heads, head_major_k[:, :before], head_major_v[:, :before], scale)[:2])
     if ready is not None:
         ready(1)
-    if global_slots.shape[0]:
-        keys_global = _gather(k_flat, global_slots).float()
+    if global_slots.shape[-1]:
+        keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
         q_for_global = q_heads
         if bounded and q_global is not None:
             keys_global = unrotate(keys_global, global_pos, ctx.rotary, local_start)   # back to pre-RoPE
             q_for_global = q_global.float().permute(1, 0, 2)[None]
-        pieces.append(_flash(q_for_global, keys_global, _gather(v_flat, global_slots).float(), scale,
-                             mask=global_keep)[:2])
+        values_global = _gather(v_flat, global_slots).float()
+        if global_slots.dim() == 1:
+            keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
+        pieces.append(_flash(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
     lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
     out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
     if record_received:
@@ -213,13 +218,13 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
 
 def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,
            keep_scores: bool = False):
-    """q [1, H, w, D] over keys/values [S, Hkv, D] -> (output [1, H, w, D], log-sum-exp [1, H, w], and with
-    `keep_scores` the scaled scores [1, Hkv, g·w, S] (non-causal or w = 1 only), else None). `mask` ([S] or [S, Hkv],
-    non-causal only) marks the keys to attend."""
+    """q [1, H, w, D] over head-major keys/values [Hkv, S, D] -> (output [1, H, w, D], log-sum-exp [1, H, w], and
+    with `keep_scores` the scaled scores [1, Hkv, g·w, S] (non-causal or w = 1 only), else None). `mask` ([S] or
+    [Hkv, S], non-causal only) marks the keys to attend."""
     _, heads, w, dim = q.shape
-    kv_heads = keys.shape[1]
+    kv_heads = keys.shape[0]
     group = heads // kv_heads
-    keys, values = keys.permute(1, 0, 2)[None], values.permute(1, 0, 2)[None]      # [1, Hkv, S, D]
+    keys, values = keys[None], values[None]                                         # [1, Hkv, S, D]
     if not causal or w == 1:   # a KV head's query heads become extra query rows: no repeated keys
         q = q.reshape(1, kv_heads, group * w, dim)
     else:
@@ -232,7 +237,7 @@ def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tens
         if causal:
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
         if mask is not None:
-            per_head = mask.T if mask.dim() == 2 else mask[None]                      # [Hkv or 1, S]
+            per_head = mask if mask.dim() == 2 else mask[None]                        # [Hkv or 1, S]
             scores = scores.masked_fill(~per_head[None, :, None, :], float("-inf"))
         lse = scores.logsumexp(-1)
         out = (scores - lse[..., None]).exp() @ values
