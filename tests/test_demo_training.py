@@ -51,8 +51,8 @@ def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
     wa, wb = (load_file(str(tmp_path / x / "model.safetensors")) for x in "ab")
     assert a["step"] == b["step"] == 4
     assert all((wa[name] == wb[name]).all() for name in wa)
-    c = train(tmp_path / "a", "--steps", "7", "--resume")
-    assert c["step"] == 7
+    c = train(tmp_path / "a", "--steps", "7", "--resume", "--own-curriculum", "multikey")
+    assert c["step"] == 7 and c["task_stage"] == {"multikey": 0}
     wc = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert any((wa[name] != wc[name]).any() for name in wa)
 
@@ -85,10 +85,30 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
     try:
         got = [parallel.batch(step, 64, 512) for step in range(3)]
         got.append(parallel.batch(3, 32, 256))     # the curriculum moved on: batches made ahead are made again
+        got.append(parallel.batch(4, 32, 256, {"multikey": 32}))   # a task on its own curriculum, too
     finally:
         parallel.close()
     one = Batcher(tok, 0)
     for step, batch in enumerate(got):
         one.rng = random.Random(f"5-{step}")
-        want = one.batch(64, 512) if step < 3 else one.batch(32, 256)
+        want = (one.batch(64, 512) if step < 3 else one.batch(32, 256) if step == 3
+                else one.batch(32, 256, {"multikey": 32}))
         assert all(torch.equal(a, b) for a, b in zip(batch[:3], want[:3])) and batch[3] == want[3]
+
+
+def test_a_task_on_its_own_curriculum_keeps_its_shorter_lengths():
+    import random
+    from engine.demo.tokenizer import train_tokenizer
+    from engine.demo.train import Batcher
+    tok = train_tokenizer(512, samples=20)
+
+    def row_lengths(caps):
+        batcher = Batcher(tok, 0)
+        batcher.rng = random.Random(3)
+        ids, _, _, tasks = batcher.batch(2048, 40000, caps)
+        lengths = (ids != tok.eos_token_id).sum(1).tolist()
+        return [n for n, t in zip(lengths, tasks) if t == "multikey"], [n for n, t in zip(lengths, tasks)
+                                                                        if t not in ("multikey", "filler")]
+    capped, others = row_lengths({"multikey": 128})
+    uncapped, _ = row_lengths(None)
+    assert capped and uncapped and max(capped) < min(uncapped) and max(capped) < min(others)

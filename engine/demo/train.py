@@ -8,7 +8,9 @@
 Data are generated on the fly (engine.demo.tasks): passkey, multi-key needle and key-value retrieval prompts whose
 answer tokens carry the loss, plus filler sentences trained as plain language modelling. A length curriculum starts
 at short contexts and doubles the maximum length whenever the answer-token accuracy of the current stage passes
-`--advance-at`; each batch mixes lengths between a quarter of the current maximum and the maximum.
+`--advance-at`; each batch mixes lengths between a quarter of the current maximum and the maximum. Tasks named in
+`--own-curriculum` keep their own, lower maximum, doubled only by their own exact-answer rate, so that a task the
+model has not learned yet (multi-key needles) stays at lengths where it can be learned while the others move on.
 """
 import argparse
 import atexit
@@ -59,8 +61,11 @@ class Batcher:
         self.rng = random.Random(seed)
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
-    def sample(self, length: int):
+    def sample(self, length: int, caps: dict[str, int] | None = None):
         task = self.rng.choices([t for t, _ in TASK_MIX], [w for _, w in TASK_MIX])[0]
+        cap = (caps or {}).get(task)
+        if cap is not None and length > cap:   # a task on its own curriculum: its own range of lengths
+            length = self.rng.randint(max(32, cap // 4), cap)
         if task == "filler":
             ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
             return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
@@ -81,9 +86,10 @@ class Batcher:
         is_answer.append(True)
         return task, ids, [float(a) for a in is_answer], is_answer
 
-    def batch(self, max_len: int, tokens: int):
+    def batch(self, max_len: int, tokens: int, caps: dict[str, int] | None = None):
+        """A batch of about `tokens` tokens; `caps`: the lower maximum lengths of tasks on their own curriculum."""
         length = self.rng.randint(max(32, max_len // 4), max_len)
-        rows = [self.sample(length) for _ in range(max(1, tokens // length))]
+        rows = [self.sample(length, caps) for _ in range(max(1, tokens // length))]
         width = max(len(r[1]) for r in rows)
         ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
         weights = torch.zeros(len(rows), width)
@@ -109,15 +115,15 @@ class ParallelBatcher:
         self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
         atexit.register(self.close)   # also when training stops on an exception
 
-    def batch(self, step: int, max_len: int, tokens: int):
-        for _, shape, future in self.pending:
-            if shape != (max_len, tokens):
+    def batch(self, step: int, max_len: int, tokens: int, caps: dict[str, int] | None = None):
+        shape = (max_len, tokens, tuple(sorted((caps or {}).items())))
+        for _, made_for, future in self.pending:
+            if made_for != shape:
                 future.cancel()
-        self.pending = [p for p in self.pending if p[1] == (max_len, tokens) and p[0] >= step]
+        self.pending = [p for p in self.pending if p[1] == shape and p[0] >= step]
         while len(self.pending) < self.depth:
             i = self.pending[-1][0] + 1 if self.pending else step
-            self.pending.append((i, (max_len, tokens), self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len,
-                                                                        tokens)))
+            self.pending.append((i, shape, self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len, tokens, caps)))
         return self.pending.pop(0)[2].result(timeout=600)
 
     def close(self):
@@ -133,9 +139,9 @@ def _init_worker(tokenizer):
     _worker_batcher = Batcher(tokenizer, 0)
 
 
-def _make_batch(seed: str, max_len: int, tokens: int):
+def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):
     _worker_batcher.rng.seed(seed)
-    return _worker_batcher.batch(max_len, tokens)
+    return _worker_batcher.batch(max_len, tokens, caps)
 
 
 def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats=True):
@@ -240,6 +246,9 @@ def main(argv=None):
     parser.add_argument("--advance-on", default="all", choices=["all", *GENERATORS],
                         help="what the curriculum watches: all tasks' answer-token accuracy, or one task's "
                              "exact-answer rate")
+    parser.add_argument("--own-curriculum", default="",
+                        help="comma-separated tasks (e.g. multikey,kv_retrieval) whose maximum length starts at the "
+                             "first stage's and doubles only when their own exact-answer rate passes --advance-at")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     size = {**size, "tokens_per_step": [int(t * args.batch_scale) for t in size["tokens_per_step"]]}
@@ -296,6 +305,11 @@ def main(argv=None):
 
     parallel = ParallelBatcher(tokenizer, args.seed, args.workers) if args.workers else None
     record.setdefault("runs", []).append({"command": command, "from_step": record["step"]})  # every (re)start
+    own = record.setdefault("task_stage", {})
+    for task in filter(None, args.own_curriculum.split(",")):
+        if task not in GENERATORS:
+            parser.error(f"--own-curriculum: unknown task {task!r} (one of {', '.join(GENERATORS)})")
+        own.setdefault(task, 0)
     budget_s = minutes * 60
     start = time.monotonic() - record["elapsed_s"]
     run_start_s, run_start_step = record["elapsed_s"], record["step"]
@@ -311,8 +325,9 @@ def main(argv=None):
             progress = ((record["step"] - run_start_step) / max(1, args.steps - run_start_step) if args.steps
                         else (elapsed - run_start_s) / budget_s)
             group["lr"] = learning_rate(args.lr, record["step"] - run_start_step, progress) * group["lr_scale"]
-        made = (parallel.batch(record["step"], max_len, size["tokens_per_step"][stage]) if parallel
-                else batcher.batch(max_len, size["tokens_per_step"][stage]))
+        caps = {t: size["lengths"][s] for t, s in own.items() if s < stage} or None
+        made = (parallel.batch(record["step"], max_len, size["tokens_per_step"][stage], caps) if parallel
+                else batcher.batch(max_len, size["tokens_per_step"][stage], caps))
         ids, weights, answers, tasks = (t.to(args.device, non_blocking=True) if torch.is_tensor(t) else t
                                         for t in made)
         with_stats = record["step"] % args.stats_every == 0
@@ -331,7 +346,7 @@ def main(argv=None):
                 task_ema[name] = 0.95 * task_ema.get(name, 0.0) + 0.05 * value   # from 0: no advance on one batch
         if record["step"] % (10 * args.stats_every) == 0:
             record["curve"].append({"step": record["step"], "elapsed_s": round(elapsed, 1), "loss": round(loss_ema, 4),
-                                    "answer_acc": round(acc_ema, 4), "max_len": max_len,
+                                    "answer_acc": round(acc_ema, 4), "max_len": max_len, "task_max_len": caps,
                                     "task_acc": {k: round(v, 3) for k, v in record.get("task_acc_ema", {}).items()}})
         watched = acc_ema if args.advance_on == "all" else task_ema.get(f"{args.advance_on}_exact", 0.0)
         since = record["step"] - (record["stages"][-1]["step"] if record["stages"] else 0)
@@ -341,6 +356,15 @@ def main(argv=None):
                                      "max_len": size["lengths"][record["stage"]]})
             acc_ema = 0.0
             task_ema.clear()
+        for task, task_stage in own.items():   # tasks on their own curriculum
+            last = max([e["step"] for e in record.setdefault("task_stages", []) if e["task"] == task], default=0)
+            if (task_ema.get(f"{task}_exact", 0.0) > args.advance_at and task_stage < record["stage"]
+                    and record["step"] - last > 50 * args.stats_every):
+                own[task] += 1
+                record["task_stages"].append({"task": task, "step": record["step"], "elapsed_s": round(elapsed, 1),
+                                              "max_len": size["lengths"][own[task]]})
+                task_ema.pop(task, None)
+                task_ema.pop(f"{task}_exact", None)
         record["elapsed_s"] = time.monotonic() - start
         record["acc_ema"], record["loss_ema"] = acc_ema, loss_ema
         bar.n = int(record["elapsed_s"] - run_start_s)
