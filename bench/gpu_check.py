@@ -185,7 +185,7 @@ def count_host_syncs(device: str) -> list[dict]:
     from engine.kv.config import KVConfig
     from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
     from engine.kv.state import SequenceKVState
-    from engine.kv.summaries import ReceivedAttention
+    from engine.kv.summaries import received_attention
     from engine.layers.rotary import RotaryEmbedding
     from engine.models.model_config import ModelConfig
     if not device.startswith("cuda"):
@@ -202,7 +202,7 @@ def count_host_syncs(device: str) -> list[dict]:
     rows = []
     for positions in ("original", "bounded"):
         kv = KVConfig(policy="actqkv", budget=1024, positions=positions)
-        ctx = RetrievalContext(ReceivedAttention(1, pool * bs, kv_heads, device), RotaryEmbedding(cfg, 2 * n), bs)
+        ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, device), RotaryEmbedding(cfg, 2 * n), bs)
         state = SequenceKVState(kv, 1, torch.device(device))
         retrieval_attention(q[:2048], k_flat, v_flat, RetrievalSlice(0, 2048, 0, slots[:2048], blocks, state), 0,
                             ctx, dim ** -0.5)   # warm-up: statistics, summaries

@@ -10,7 +10,7 @@ from engine.config import EngineConfig
 from engine.kv.question import question_vectors
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice
 from engine.kv.state import SequenceKVState
-from engine.kv.summaries import ReceivedAttention
+from engine.kv.summaries import received_attention
 from engine.kv.tiers import DeviceBlockCache, blocks_needed, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
@@ -52,8 +52,8 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, **pool), torch.zeros(shape, **pool))
                           for _ in range(model_config.num_hidden_layers)]
         self.kv_tiers = self._make_tiers() if config.kv_offload else None
-        self.received = ReceivedAttention(model_config.num_hidden_layers, self.num_blocks * self.block_size,
-                                          model_config.num_key_value_heads, self.device)
+        self.received = received_attention(model_config.num_hidden_layers, self.num_blocks * self.block_size,
+                                           model_config.num_key_value_heads, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
         self.sparsity = SparsityContext()
         self.calibration = calibrate.load(config.model)

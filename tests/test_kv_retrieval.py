@@ -8,7 +8,7 @@ from engine.kv import actqkv
 from engine.kv.config import KVConfig
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
 from engine.kv.state import SequenceKVState
-from engine.kv.summaries import ReceivedAttention
+from engine.kv.summaries import received_attention
 from engine.layers.rotary import RotaryEmbedding
 from engine.models.model_config import ModelConfig
 
@@ -24,7 +24,7 @@ def test_full_policy_through_retrieval_path_equals_plain_attention():
     q = torch.randn(n, heads, dim)
     cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
                                  "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
-    ctx = RetrievalContext(ReceivedAttention(1, 20 * bs, kv_heads, q.device), RotaryEmbedding(cfg, 256), bs)
+    ctx = RetrievalContext(received_attention(1, 20 * bs, kv_heads, q.device), RotaryEmbedding(cfg, 256), bs)
     state = SequenceKVState(KVConfig(policy="full", window=40), 1, q.device)
     out = retrieval_attention(q, k_flat, v_flat, RetrievalSlice(0, n, 0, slots, blocks, state), 0, ctx, dim ** -0.5)
     ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_flat[slots].transpose(0, 1)[None],
@@ -243,7 +243,7 @@ def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positio
     outputs, counts = [], []
     for static in (False, True):
         monkeypatch.setattr(ra, "STATIC_SELECTION", static)
-        ctx = RetrievalContext(ReceivedAttention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
+        ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
         state = SequenceKVState(kv, 1, q.device)
         prefill = retrieval_attention(q[:-1], k_flat, v_flat, RetrievalSlice(0, n - 1, 0, slots[:-1], blocks, state),
                                       0, ctx, dim ** -0.5)

@@ -19,7 +19,6 @@ import torch
 
 from engine.kv import policies
 from engine.kv.state import SequenceKVState
-from engine.kv.summaries import ReceivedAttention
 from engine.kv.tiers import DeviceBlockCache
 from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate, unrotate_range
 
@@ -49,7 +48,7 @@ class RetrievalSlice:
 
 @dataclass
 class RetrievalContext:
-    received: ReceivedAttention
+    received: list[torch.Tensor]   # per layer: attention each pool slot received (engine.kv.summaries)
     rotary: RotaryEmbedding
     block_size: int
     tiers: list[DeviceBlockCache] | None = None   # per layer, with --kv-offload: the pool is read through these
@@ -63,7 +62,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     tier = ctx.tiers[layer] if ctx.tiers is not None else None
     if tier is not None:
         k_flat, v_flat = tier.k_flat, tier.v_flat
-    ctx.received.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
+    ctx.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
     out = torch.empty_like(q)
@@ -260,7 +259,7 @@ def _record_received(q_heads, keys_local, local_start, positions, lse, local_slo
         key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
         visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)            # [g·w, L]
         probs.masked_fill_(~visible, 0.0)
-    ctx.received.received[layer].index_add_(0, local_slots, probs.sum(1).T)
+    ctx.received[layer].index_add_(0, local_slots, probs.sum(1).T)
 
 
 def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int,
@@ -275,6 +274,6 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
         tier.resident(item.host_table()[done:upto])
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
-    received = ctx.received.received[layer].view(-1, bs, keys.shape[2])[physical]
+    received = ctx.received[layer].view(-1, bs, keys.shape[2])[physical]
     item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, repr_topk)
     item.state.finalized[layer] = upto

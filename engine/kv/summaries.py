@@ -1,6 +1,6 @@
 """Block summaries: what the selection policies score a block by.
 
-- `ReceivedAttention` (one per KV pool): per cached token and KV head, the attention it has received from
+- `received_attention` (one per KV pool): per cached token and KV head, the attention it has received from
   local-window queries so far.
 - `SequenceSummaries` (one per request), per layer and logical block, appended as blocks leave the local window:
   - `repr`: the representative key (pre-RoPE): per KV head, the mean of the `repr_topk` keys of the block that
@@ -13,9 +13,9 @@ import torch
 from engine.layers.rotary import RotaryEmbedding, unrotate
 
 
-class ReceivedAttention:
-    def __init__(self, num_layers: int, num_slots: int, kv_heads: int, device: torch.device):
-        self.received = [torch.zeros(num_slots, kv_heads, device=device) for _ in range(num_layers)]
+def received_attention(num_layers: int, num_slots: int, kv_heads: int, device: torch.device) -> list[torch.Tensor]:
+    """Per layer, the attention each cached token (pool slot) has received per KV head: [num_slots, Hkv]."""
+    return [torch.zeros(num_slots, kv_heads, device=device) for _ in range(num_layers)]
 
 
 class SequenceSummaries:
