@@ -57,8 +57,7 @@ def normalized_entropy(scores: torch.Tensor, tau: float) -> torch.Tensor:
     n = scores.shape[-1]
     if n < 2:
         return torch.ones((), device=scores.device)
-    p = torch.softmax(scores / tau, dim=-1)
-    return -(p * torch.log(p + 1e-12)).sum(-1) / math.log(n)
+    return torch.special.entr(torch.softmax(scores / tau, dim=-1)).sum(-1) / math.log(n)
 
 
 def allocate_blocks(densities: torch.Tensor, layer: int, mean_k: int) -> torch.Tensor:

@@ -207,12 +207,24 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         if global_slots.dim() == 1:
             keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
         pieces.append(_flash(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
-    lse = torch.stack([p[1] for p in pieces]).logsumexp(0)                             # [1, H, w]
-    out = sum(o * (l - lse).exp()[..., None] for o, l in pieces)
+    out, lse = _merge(pieces)
     if record_received:
         _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale,
                          local_scores)
     return out[0].permute(1, 0, 2).to(qw.dtype)
+
+
+def _merge(pieces):
+    """Attention over disjoint key sets, as (output [1, H, w, D], log-sum-exp [1, H, w]) pairs -> the attention over
+    their union: the outputs weighted by each piece's share of the softmax mass, and the total log-sum-exp."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if len(pieces) == 2:   # the share of the first piece is sigmoid(lse₁ − lse₂)
+        (first, first_lse), (second, second_lse) = pieces
+        share = torch.sigmoid(first_lse - second_lse)[..., None]
+        return torch.lerp(second, first, share), torch.logaddexp(first_lse, second_lse)
+    lse = torch.stack([l for _, l in pieces]).logsumexp(0)
+    return sum(o * (l - lse).exp()[..., None] for o, l in pieces), lse
 
 
 def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,
@@ -254,7 +266,7 @@ def _record_received(q_heads, keys_local, local_start, positions, lse, local_slo
     if scores is None:
         scores = torch.bmm(q, keys_local.permute(1, 2, 0)) * scale                     # [Hkv, g·w, L]
     # clamped so that exp never produces denormals, which are ~10x slower on x86 (exp(-80) is still normal)
-    probs = (scores.view(kv_heads, q.shape[1], -1) - lse[0].view(kv_heads, -1, 1)).clamp_(min=-80.0).exp_()
+    probs = (scores.view(kv_heads, q.shape[1], -1) - lse[0].reshape(kv_heads, -1, 1)).clamp_(min=-80.0).exp_()
     if positions.shape[0] > 1:   # causal inside the window
         key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
         visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)            # [g·w, L]
