@@ -47,3 +47,8 @@ def test_rotation_with_and_without_autograd_agree():
         assert (apply_rotary(served, rotary(positions), inverse=True) - x).abs().max() < 1e-5
     trained.sum().backward()
     assert x.grad is not None
+    with torch.no_grad():   # angles that broadcast beyond the vectors: one vector rotated four ways
+        cos, sin = rotary.lookup(torch.arange(20).view(5, 4))
+        wide = apply_rotary(x[:, :1], (cos, sin))
+        assert wide.shape == (5, 4, 16)
+        assert (wide - apply_rotary(x[:, :1].expand(-1, 4, -1), (cos, sin))).abs().max() < 1e-6

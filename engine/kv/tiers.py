@@ -85,7 +85,7 @@ class DeviceBlockCache:
             self.dirty.update(blocks)
         if not loads:
             return None
-        current = torch.cuda.current_stream() if self.stream is not None else None
+        current = torch.cuda.current_stream(self.k.device) if self.stream is not None else None
         if self.stream is not None:
             self.stream.wait_stream(current)   # the slots being reused are no longer read by queued compute
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
@@ -103,10 +103,9 @@ class DeviceBlockCache:
         self.where[moved.to(self.where.device)] = torch.tensor([slot for _, slot, _ in loads]).to(self.where.device)
         return self.stream.record_event() if self.stream is not None else None
 
-    @staticmethod
-    def _wait(event):
+    def _wait(self, event):
         if event is not None:
-            torch.cuda.current_stream().wait_event(event)
+            torch.cuda.current_stream(self.k.device).wait_event(event)
 
     def translate(self, slots: torch.Tensor) -> torch.Tensor:
         """Pool slots (block·bs + offset, any shape) of resident blocks -> slots of the cache's flat views."""

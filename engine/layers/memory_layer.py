@@ -94,7 +94,7 @@ class MemoryLayer(torch.nn.Module):
         rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n]. Without
         autograd they depend on the weights only, so they are cached until a weight changes in place."""
         weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core)
-        version = tuple((id(w), w._version) for w in weights)
+        version = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)   # moves and casts too
         if not torch.is_grad_enabled() and self._cached_version == version:
             return self._cached
         cfg = self.cfg

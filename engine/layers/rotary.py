@@ -122,11 +122,12 @@ def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], in
     cos, sin = (t.to(x.dtype) for t in cos_sin)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    if torch.is_grad_enabled():   # autograd: out= and in-place ops are not differentiable
+    beyond = cos.dim() > x.dim() or any(c > n for c, n in zip(cos.shape[-2::-1], x.shape[-2::-1]))
+    if torch.is_grad_enabled() or beyond:   # autograd: out= and in-place ops are not differentiable
         sin = -sin if inverse else sin
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     sign = -1 if inverse else 1   # the same, without temporaries
-    out = torch.empty_like(x)   # the angles broadcast against x, never beyond it
+    out = torch.empty_like(x)
     first, second = out[..., :half], out[..., half:]
     torch.mul(x1, cos, out=first).addcmul_(x2, sin, value=-sign)
     torch.mul(x2, cos, out=second).addcmul_(x1, sin, value=sign)
