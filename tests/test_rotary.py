@@ -12,8 +12,11 @@ def _config(rope_scaling) -> ModelConfig:
                                   "max_position_embeddings": 1024, "rope_scaling": rope_scaling})
 
 
-@pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
-                                                 "original_max_position_embeddings": 256}])
+SCALINGS = pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
+                                                           "original_max_position_embeddings": 256}])
+
+
+@SCALINGS
 def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
     rotary = RotaryEmbedding(_config(rope_scaling), 1024)
     torch.manual_seed(0)
@@ -23,8 +26,7 @@ def test_rotate_by_moves_a_rotated_vector_to_another_position(rope_scaling):
     assert (moved - apply_rotary(x, rotary(positions + delta))).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "yarn", "factor": 4.0,
-                                                 "original_max_position_embeddings": 256}])
+@SCALINGS
 def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
     from engine.layers.rotary import unrotate, unrotate_range
     rotary = RotaryEmbedding(_config(rope_scaling), 256)
