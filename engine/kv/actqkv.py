@@ -20,19 +20,15 @@ class QueryStats:
     def update(self, q: torch.Tensor):
         """Merge a window of queries q [w, C] (Chan et al.'s parallel update; count capped at STATS_HORIZON)."""
         w = q.shape[0]
-        m = q.mean(0) if w > 1 else q[0]
+        m, v = q.mean(0), q.var(0, unbiased=False)
         if self.mean is None:
-            self.count, self.mean = w, m
-            self.var = q.var(0, unbiased=False) if w > 1 else torch.zeros_like(m)
+            self.count, self.mean, self.var = w, m, v
             return
         n = min(self.count, STATS_HORIZON)
         total = n + w
         delta = m - self.mean
         self.mean = self.mean + delta * (w / total)
-        spread = self.var * n + delta.pow(2) * (n * w / total)
-        if w > 1:   # one query (decode) has no spread of its own
-            spread = spread + q.var(0, unbiased=False) * w
-        self.var = spread / total
+        self.var = (self.var * n + v * w + delta.pow(2) * (n * w / total)) / total
         self.count += w
 
 

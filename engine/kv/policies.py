@@ -33,8 +33,7 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
     kv_heads = reprs.shape[1]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
     group = heads // kv_heads
-    probe = q_global[0].float() if w == 1 else (weights[:, None, None] * q_global).sum(0)   # fp32 (weights)
-    probe = probe.view(kv_heads, group, dim)
+    probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
     if reprs_sq is None:
         reprs_sq = reprs.float().pow(2).sum(-1)
     scores = _cosine(probe, reprs, reprs_sq, state.config.per_head)

@@ -216,15 +216,13 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
 
 def _merge(pieces):
     """Attention over disjoint key sets, as (output [1, H, w, D], log-sum-exp [1, H, w]) pairs -> the attention over
-    their union: the outputs weighted by each piece's share of the softmax mass, and the total log-sum-exp."""
-    if len(pieces) == 1:
-        return pieces[0]
-    if len(pieces) == 2:   # the share of the first piece is sigmoid(lse₁ − lse₂)
-        (first, first_lse), (second, second_lse) = pieces
-        share = torch.sigmoid(first_lse - second_lse)[..., None]
-        return torch.lerp(second, first, share), torch.logaddexp(first_lse, second_lse)
-    lse = torch.stack([l for _, l in pieces]).logsumexp(0)
-    return sum(o * (l - lse).exp()[..., None] for o, l in pieces), lse
+    their union, folded in one piece at a time: a piece's share of the mass so far is sigmoid(its lse − the lse so
+    far)."""
+    out, lse = pieces[0]
+    for piece, piece_lse in pieces[1:]:
+        out = torch.lerp(out, piece, torch.sigmoid(piece_lse - lse)[..., None])
+        lse = torch.logaddexp(lse, piece_lse)
+    return out, lse
 
 
 def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,

@@ -91,23 +91,23 @@ class RotaryEmbedding(torch.nn.Module):
         max_pos = max_position
         if max_pos is None:
             max_pos = int(positions.max()) if positions.numel() else 0
-        if max_pos >= self.cos.shape[0] or self.cos.device != positions.device:
-            size = self.cos.shape[0]
-            while size <= max_pos:
-                size *= 2  # grow geometrically: one rebuild per doubling of the context, not one per step
-            self._build(size, positions.device)
+        self._cover(max_pos + 1, positions.device)
         flat = positions.reshape(-1)
         shape = positions.shape + (self.cos.shape[1],)
         return self.cos.index_select(0, flat).view(shape), self.sin.index_select(0, flat).view(shape)
 
     def range(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for positions start..end-1 (0 <= start): slices of the tables, no lookup."""
+        self._cover(end, device)
+        return self.cos[start:end], self.sin[start:end]
+
+    def _cover(self, end: int, device: torch.device):
+        """Tables on `device` holding positions 0..end-1."""
         if end > self.cos.shape[0] or self.cos.device != device:
             size = self.cos.shape[0]
             while size < end:
-                size *= 2
+                size *= 2  # grow geometrically: one rebuild per doubling of the context, not one per step
             self._build(size, device)
-        return self.cos[start:end], self.sin[start:end]
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables for `positions`, shaped [tokens, 1, head_dim / 2]; computed once per step."""
@@ -148,21 +148,22 @@ def rotate_by(x: torch.Tensor, delta: torch.Tensor, rotary: RotaryEmbedding, max
     `max_offset`, if given, bounds |delta| (no host sync to find it)."""
     cos, sin = _unscaled(rotary, rotary.lookup(delta.abs(), max_offset))
     sin = sin * torch.where(delta < 0, -1.0, 1.0).to(sin.dtype)[..., None]
-    shape = delta.shape + (1,) * (x.dim() - 1 - delta.dim()) + (cos.shape[-1],)
-    return apply_rotary(x, (cos.view(shape), sin.view(shape)))
+    return _rotate_leading(x, cos, sin)
 
 
 def unrotate(x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, max_position: int | None = None
              ) -> torch.Tensor:
     """Cached (post-RoPE) vectors x [..., head_dim] at non-negative `positions` (a prefix of x's leading shape)
     back to position 0: `rotate_by(x, -positions)` without the sign tensor."""
-    cos, sin = _unscaled(rotary, rotary.lookup(positions, max_position))
-    shape = positions.shape + (1,) * (x.dim() - 1 - positions.dim()) + (cos.shape[-1],)
-    return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=True)
+    return _rotate_leading(x, *_unscaled(rotary, rotary.lookup(positions, max_position)), inverse=True)
 
 
 def unrotate_range(x: torch.Tensor, first: int, rotary: RotaryEmbedding) -> torch.Tensor:
     """Vectors x [T, ...] at the consecutive positions first..first+T-1 back to position 0."""
-    cos, sin = _unscaled(rotary, rotary.range(first, first + x.shape[0], x.device))
-    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)
-    return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=True)
+    return _rotate_leading(x, *_unscaled(rotary, rotary.range(first, first + x.shape[0], x.device)), inverse=True)
+
+
+def _rotate_leading(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """apply_rotary with angles [*lead, head_dim / 2] whose leading shape is a prefix of x's."""
+    shape = cos.shape[:-1] + (1,) * (x.dim() - cos.dim()) + cos.shape[-1:]
+    return apply_rotary(x, (cos.view(shape), sin.view(shape)), inverse=inverse)
