@@ -14,8 +14,10 @@ from engine.kv.summaries import received_attention
 from engine.kv.tiers import DeviceBlockCache, blocks_needed, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
+from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.mlp import GatedMLP
 from engine.layers.sparse_mlp import DEFAULT_MAX_DENSITY, SparsePlan, SparsityContext, parse_sparsity
+from engine.malloc_tuning import keep_freed_memory
 from engine.sampling_params import SamplingParamsError
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig
@@ -56,6 +58,9 @@ class ModelRunner:
                                            model_config.num_key_value_heads, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
         self.sparsity = SparsityContext()
+        self.gather = GatherBuffers()
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.calibration = calibrate.load(config.model)
         mlps = [m for m in self.model.modules() if isinstance(m, GatedMLP)]
         for i, mlp in enumerate(mlps):
@@ -183,11 +188,13 @@ class ModelRunner:
                 decode_slots.append(all_slots)
                 decode_lens.append(start + 1)
                 continue
-            plain_causal = start == 0 and (window is None or window >= n)
+            # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
+            whole_context = window is None or window >= start + n
             prefills.append(PrefillSlice(
                 q_start=row, q_len=n, ctx_start=start,
                 kv_slots=None if start == 0 else all_slots.to(dev),
-                mask=None if plain_causal else causal_mask(start, n, window).to(dev)))
+                mask=None if whole_context and (start == 0 or dev.type == "cpu")
+                else causal_mask(start, n, window).to(dev)))
         slot_mapping = torch.cat(slots)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(dev), prefills=prefills,
@@ -195,7 +202,8 @@ class ModelRunner:
             **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
             retrieval_context=RetrievalContext(self.received, self.model.model.rotary_emb, bs, self.kv_tiers)
             if retrieval else None,
-            slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers)
+            slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers,
+            gather=self.gather)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 

@@ -20,6 +20,7 @@ import torch
 from engine.kv import policies
 from engine.kv.state import SequenceKVState
 from engine.kv.tiers import DeviceBlockCache
+from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
 from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate, unrotate_range
 
 
@@ -187,14 +188,14 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     assert before >= 0, "the window must lie inside the local region (KVConfig: window <= local)"
     local_scores = None
     if w == 1:   # decode: every local key is visible; one piece, with its scores when they are recorded
-        out_local, lse_local, local_scores = _flash(q_heads, keys_local.transpose(0, 1),
+        out_local, lse_local, local_scores = flash_piece(q_heads, keys_local.transpose(0, 1),
                                                     values_local.transpose(0, 1), scale, keep_scores=record_received)
         pieces = [(out_local, lse_local)]
     else:
         head_major_k, head_major_v = keys_local.transpose(0, 1), values_local.transpose(0, 1)
-        pieces = [_flash(q_heads, head_major_k[:, before:], head_major_v[:, before:], scale, causal=True)[:2]]
+        pieces = [flash_piece(q_heads, head_major_k[:, before:], head_major_v[:, before:], scale, causal=True)[:2]]
         if before > 0:
-            pieces.append(_flash(q_heads, head_major_k[:, :before], head_major_v[:, :before], scale)[:2])
+            pieces.append(flash_piece(q_heads, head_major_k[:, :before], head_major_v[:, :before], scale)[:2])
     if ready is not None:
         ready(1)
     if global_slots.shape[-1]:
@@ -206,51 +207,12 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         values_global = _gather(v_flat, global_slots).float()
         if global_slots.dim() == 1:
             keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
-        pieces.append(_flash(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
-    out, lse = _merge(pieces)
+        pieces.append(flash_piece(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
+    out, lse = merge_pieces(pieces)
     if record_received:
         _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale,
                          local_scores)
     return out[0].permute(1, 0, 2).to(qw.dtype)
-
-
-def _merge(pieces):
-    """Attention over disjoint key sets, as (output [1, H, w, D], log-sum-exp [1, H, w]) pairs -> the attention over
-    their union, folded in one piece at a time: a piece's share of the mass so far is sigmoid(its lse − the lse so
-    far)."""
-    out, lse = pieces[0]
-    for piece, piece_lse in pieces[1:]:
-        out = torch.lerp(out, piece, torch.sigmoid(piece_lse - lse)[..., None])
-        lse = torch.logaddexp(lse, piece_lse)
-    return out, lse
-
-
-def _flash(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,
-           keep_scores: bool = False):
-    """q [1, H, w, D] over head-major keys/values [Hkv, S, D] -> (output [1, H, w, D], log-sum-exp [1, H, w], and
-    with `keep_scores` the scaled scores [1, Hkv, g·w, S] (non-causal or w = 1 only), else None). `mask` ([S] or
-    [Hkv, S], non-causal only) marks the keys to attend."""
-    _, heads, w, dim = q.shape
-    kv_heads = keys.shape[0]
-    group = heads // kv_heads
-    keys, values = keys[None], values[None]                                         # [1, Hkv, S, D]
-    if not causal or w == 1:   # a KV head's query heads become extra query rows: no repeated keys
-        q = q.reshape(1, kv_heads, group * w, dim)
-    else:
-        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-    if q.device.type == "cpu" and mask is None and not keep_scores:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, 0.0, causal,
-                                                                              scale=scale)
-    else:
-        scores = q @ keys.transpose(-1, -2) * scale
-        if causal:
-            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-        if mask is not None:
-            per_head = mask if mask.dim() == 2 else mask[None]                        # [Hkv or 1, S]
-            scores = scores.masked_fill(~per_head[None, :, None, :], float("-inf"))
-        lse = scores.logsumexp(-1)
-        out = (scores - lse[..., None]).exp() @ values
-    return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w), scores if keep_scores else None
 
 
 def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale,
@@ -263,8 +225,7 @@ def _record_received(q_heads, keys_local, local_start, positions, lse, local_slo
     q = q_heads[0].reshape(kv_heads, group * q_heads.shape[2], -1)                      # [Hkv, g·w, D]
     if scores is None:
         scores = torch.bmm(q, keys_local.permute(1, 2, 0)) * scale                     # [Hkv, g·w, L]
-    # clamped so that exp never produces denormals, which are ~10x slower on x86 (exp(-80) is still normal)
-    probs = (scores.view(kv_heads, q.shape[1], -1) - lse[0].reshape(kv_heads, -1, 1)).clamp_(min=-80.0).exp_()
+    probs = (scores.view(kv_heads, q.shape[1], -1) - lse[0].reshape(kv_heads, -1, 1)).clamp_(min=EXP_FLOOR).exp_()
     if positions.shape[0] > 1:   # causal inside the window
         key_pos = torch.arange(local_start, local_start + keys_local.shape[0], device=q.device)
         visible = (key_pos[None, :] <= positions[:, None]).repeat(group, 1)            # [g·w, L]

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
+from engine.layers.attention_pieces import flash_piece, merge_pieces
+from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.rotary import apply_rotary
 
 
@@ -20,7 +22,7 @@ class PrefillSlice:
     q_len: int
     ctx_start: int                   # tokens already in the cache before this chunk
     kv_slots: torch.Tensor | None    # cache slots of all ctx_start + q_len keys; None if ctx_start == 0
-    mask: torch.Tensor | None        # [q_len, ctx_start + q_len] bool, None for plain causal
+    mask: torch.Tensor | None        # [q_len, ctx_start + q_len] bool; None: causal, every cached key visible
 
 
 @dataclass
@@ -34,6 +36,7 @@ class AttentionMetadata:
     retrieval_context: RetrievalContext | None = None
     slot_mapping_host: list[int] | None = None   # slot_mapping on the host (KV tiers)
     kv_tiers: list | None = None                 # per layer DeviceBlockCache with --kv-offload: new KV goes there
+    gather: GatherBuffers = field(default_factory=GatherBuffers)   # reused across layers and steps by the runner
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -79,21 +82,21 @@ class Attention(torch.nn.Module):
         out = torch.empty_like(q)
         for p in meta.prefills:
             rows = slice(p.q_start, p.q_start + p.q_len)
-            if p.kv_slots is None:
-                keys, values = k[rows], v[rows]
+            if p.kv_slots is None:   # a first chunk: its own keys
+                out[rows] = self._attend(q[rows][None], k[rows][None], v[rows][None], p.mask)[0]
+            elif p.mask is None:     # every cached key visible: [context | chunk] pieces
+                keys, values = meta.gather.keys_values(k_flat, v_flat, p.kv_slots[:p.ctx_start])
+                out[rows] = self._attend_after_context(q[rows], keys, values, k[rows], v[rows])
             else:
-                keys, values = k_flat.index_select(0, p.kv_slots), v_flat.index_select(0, p.kv_slots)
-            out[rows] = self._attend(q[rows].unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), p.mask)[0]
+                keys, values = meta.gather.keys_values(k_flat, v_flat, p.kv_slots)
+                out[rows] = self._attend(q[rows][None], keys[None], values[None], p.mask)[0]
         for r in meta.retrieval:
             rows = slice(r.q_start, r.q_start + r.q_len)
             out[rows] = retrieval_attention(q[rows], k_flat, v_flat, r, self.layer_idx, meta.retrieval_context,
                                             self.scale)
         if meta.decode_rows.numel():
-            qd = q[meta.decode_rows].unsqueeze(1)
-            slots = meta.decode_slots
-            keys = k_flat.index_select(0, slots.flatten()).view(*slots.shape, *k_flat.shape[1:])
-            values = v_flat.index_select(0, slots.flatten()).view(*slots.shape, *v_flat.shape[1:])
-            out[meta.decode_rows] = self._attend(qd, keys, values, meta.decode_mask)[:, 0]
+            keys, values = meta.gather.keys_values(k_flat, v_flat, meta.decode_slots)
+            out[meta.decode_rows] = self._attend_decode(q[meta.decode_rows], keys, values, meta.decode_mask)
         return self.o_proj(out.view(n, -1))
 
     def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
@@ -102,6 +105,25 @@ class Attention(torch.nn.Module):
         k = apply_rotary(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim), cos_sin)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
         return self.o_proj(self._attend(q, k, v, None).reshape(b, t, -1))
+
+    def _attend_decode(self, q, k, v, mask):
+        """One query per sequence: q [B, H, D], k/v [B, L, Hkv, D] -> [B, H, D]. The query heads of a KV head are
+        that head's query rows, so the keys are never repeated per query head (GQA at half the cost)."""
+        b = q.shape[0]
+        grouped = q.view(b, self.kv_heads, -1, self.head_dim)
+        o = F.scaled_dot_product_attention(grouped, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                           scale=self.scale)
+        return o.reshape(b, self.heads, self.head_dim)
+
+    def _attend_after_context(self, q, context_k, context_v, k, v):
+        """A prefill chunk q [T, H, D] over its cached context (every key visible) and itself (causal), as two
+        attention pieces: no [T, context + T] mask is built."""
+        q_heads = q.float().transpose(0, 1)[None]
+        pieces = [flash_piece(q_heads, k.float().transpose(0, 1), v.float().transpose(0, 1), self.scale,
+                              causal=True)[:2],
+                  flash_piece(q_heads, context_k.float().transpose(0, 1), context_v.float().transpose(0, 1),
+                              self.scale)[:2]]
+        return merge_pieces(pieces)[0][0].transpose(0, 1).to(q.dtype)
 
     def _attend(self, q, k, v, mask):
         """q [B, Tq, H, D], k/v [B, Tk, Hkv, D] -> [B, Tq, H, D]."""
