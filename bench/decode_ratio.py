@@ -3,11 +3,13 @@
     python -m bench.decode_ratio --model engine/demo/model --length 32768 --policies full,streaming,actqkv \
         --rounds 8 --steps 16 --json bench/results/decode_ratio_demo.json
 
-One engine per policy holds one request, prefilled once. Then, round after round, each engine decodes `--steps`
-tokens in turn, so that a slow spell of a shared machine hits every policy alike. Reported per policy: the median
-over rounds of the round's mean ms/token, the spread (min-max of the round means), and the ratio of medians to
-`full`. Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may
-carry knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax).
+One engine per policy holds one request (or `--batch` requests decoding together), prefilled once. Then, round
+after round, each engine decodes `--steps` tokens in turn, so that a slow spell of a shared machine hits every
+policy alike. Reported per policy: the median over rounds of the round's mean ms per generated token (step time
+divided by the batch), the spread (min-max of the round means) and the ratio of medians to `full`; and the same
+for the time inside the attention layers, where the policies differ (the rest of a step is the same work for
+all). Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may carry
+knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax).
 """
 import argparse
 import statistics
@@ -19,28 +21,54 @@ from tqdm import tqdm
 from bench.actqkv_knobs import parse_knobs
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
+from engine.layers.attention import Attention
 
 
-def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cache_memory: str | None = None):
-    """An engine holding one request of `length` prompt tokens, decoded to its first token."""
+def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cache_memory: str | None = None,
+                     batch: int = 1):
+    """An engine holding `batch` requests of `length` prompt tokens each, decoded to their first token."""
     extra = {"kv_cache_memory": kv_cache_memory} if kv_cache_memory else {}
     llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048, **extra)
     engine = llm.engine
     vocab = llm.engine.runner.model_config.vocab_size
-    prompt = [5 + (i * 7919) % (vocab - 5) for i in range(length)]
-    request = engine.add_request("decode", prompt, SamplingParams(temperature=0, max_tokens=max_tokens,
-                                                                   ignore_eos=True), kv=kv)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    requests = [engine.add_request(f"decode-{b}", [5 + (i * 7919 + b * 104729) % (vocab - 5) for i in range(length)],
+                                   params, kv=kv) for b in range(batch)]
     start = time.perf_counter()
-    while request.seqs[0].num_output_tokens < 1:
+    while any(r.seqs[0].num_output_tokens < 1 for r in requests):
         engine.step()
     return engine, time.perf_counter() - start
 
 
-def decode_round(engine, steps: int) -> float:
+class AttentionTimer:
+    """Wall time spent inside the model's attention layers (forward hooks; on CUDA they synchronise)."""
+
+    def __init__(self, engine):
+        self.seconds, self._start = 0.0, 0.0
+        self._sync = torch.cuda.synchronize if engine.runner.device.type == "cuda" else (lambda: None)
+        for module in engine.runner.model.modules():
+            if isinstance(module, Attention):
+                module.register_forward_pre_hook(self._enter)
+                module.register_forward_hook(self._leave)
+
+    def _enter(self, *_):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _leave(self, *_):
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+
+
+def decode_round(engine, steps: int, batch: int = 1, timer: AttentionTimer | None = None) -> tuple[float, float]:
+    """(ms per generated token, of which in attention layers) over `steps` decode steps of `batch` sequences."""
+    attention_before = timer.seconds if timer else 0.0
     start = time.perf_counter()
     for _ in range(steps):
         engine.step()
-    return (time.perf_counter() - start) / steps * 1e3
+    per_token = 1e3 / (steps * batch)
+    attention = (timer.seconds - attention_before) * per_token if timer else float("nan")
+    return (time.perf_counter() - start) * per_token, attention
 
 
 def main(argv=None):
@@ -52,6 +80,7 @@ def main(argv=None):
     ap.add_argument("--positions", default="bounded")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=16, help="decode steps per engine per round")
+    ap.add_argument("--batch", type=int, default=1, help="requests decoding together (ms per token = step / batch)")
     ap.add_argument("--kv-cache-memory", default=None, help="per engine, e.g. 4GiB (default: the engine's)")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None)
@@ -62,27 +91,37 @@ def main(argv=None):
     model = args.model or bundled_model_dir()
     policies = args.policies.split(",")
     max_tokens = args.rounds * args.steps + 8   # +warm-up
-    engines, prefill_s = {}, {}
+    engines, prefill_s, timers = {}, {}, {}
     for policy in tqdm(policies, desc="prefill"):
         name, _, knobs = policy.partition(":")
         kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
         engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
-                                                                       args.kv_cache_memory)
+                                                              args.kv_cache_memory, args.batch)
+        timers[policy] = AttentionTimer(engines[policy])
         decode_round(engines[policy], 4)   # warm-up
-    rounds = {p: [] for p in policies}
+    rounds, attention = {p: [] for p in policies}, {p: [] for p in policies}
     for _ in tqdm(range(args.rounds), desc="rounds"):
         for policy in policies:
-            rounds[policy].append(decode_round(engines[policy], args.steps))
+            total, in_attention = decode_round(engines[policy], args.steps, args.batch, timers[policy])
+            rounds[policy].append(total)
+            attention[policy].append(in_attention)
     medians = {p: statistics.median(v) for p, v in rounds.items()}
-    rows = [{"policy": p, "context_len": args.length, "budget": args.budget, "positions": args.positions,
-             "prefill_s": prefill_s[p], "decode_ms_per_token": medians[p], "round_min_ms": min(rounds[p]),
-             "round_max_ms": max(rounds[p]), "speedup_vs_full": medians["full"] / medians[p] if "full" in medians
-             else None} for p in policies]
-    print(f"{'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7}")
+    attention = {p: statistics.median(v) for p, v in attention.items()}
+    rows = [{"policy": p, "context_len": args.length, "batch": args.batch, "budget": args.budget,
+             "positions": args.positions, "prefill_s": prefill_s[p], "decode_ms_per_token": medians[p],
+             "round_min_ms": min(rounds[p]), "round_max_ms": max(rounds[p]),
+             "speedup_vs_full": medians["full"] / medians[p] if "full" in medians else None,
+             "attention_ms_per_token": attention[p],
+             "attention_speedup_vs_full": attention["full"] / attention[p] if "full" in attention else None}
+            for p in policies]
+    print(f"{'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7} "
+          f"{'attention ms':>12} {'vs full':>7}")
     for r in rows:
         ratio = f"{r['speedup_vs_full']:.2f}x" if r["speedup_vs_full"] else "-"
+        attention_ratio = f"{r['attention_speedup_vs_full']:.2f}x" if r["attention_speedup_vs_full"] else "-"
         print(f"{r['policy']:>10} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:9.2f} "
-              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7}")
+              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7} {r['attention_ms_per_token']:12.2f} "
+              f"{attention_ratio:>7}")
     write_json(args.json, {"machine": machine(), "model": model, "rounds": args.rounds, "steps": args.steps,
                            "threads": torch.get_num_threads(), "rows": rows})
     return rows

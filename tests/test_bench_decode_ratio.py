@@ -11,6 +11,13 @@ def test_rounds_time_every_policy_and_ratio_to_full(tmp_path):
     assert [r["policy"] for r in rows] == ["full", "streaming", "actqkv"]
     for r in rows:
         assert 0 < r["round_min_ms"] <= r["decode_ms_per_token"] <= r["round_max_ms"] and r["prefill_s"] > 0
+        assert 0 < r["attention_ms_per_token"] < r["decode_ms_per_token"]
     assert rows[0]["speedup_vs_full"] == 1.0
     assert rows[2]["speedup_vs_full"] == rows[0]["decode_ms_per_token"] / rows[2]["decode_ms_per_token"]
     assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_batch_decodes_several_requests_per_step():
+    rows = decode_ratio.main(["--length", "1024", "--policies", "full,actqkv", "--budget", "704", "--batch", "2",
+                              "--rounds", "1", "--steps", "2"])
+    assert [r["batch"] for r in rows] == [2, 2] and all(r["decode_ms_per_token"] > 0 for r in rows)
