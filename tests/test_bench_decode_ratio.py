@@ -2,6 +2,7 @@
 import json
 
 from bench import decode_ratio
+from engine.demo import bundled_model_dir
 
 
 def test_rounds_time_every_policy_and_ratio_to_full(tmp_path):
@@ -21,3 +22,10 @@ def test_batch_decodes_several_requests_per_step():
     rows = decode_ratio.main(["--length", "1024", "--policies", "full,actqkv", "--budget", "704", "--batch", "2",
                               "--rounds", "1", "--steps", "2"])
     assert [r["batch"] for r in rows] == [2, 2] and all(r["decode_ms_per_token"] > 0 for r in rows)
+
+
+def test_every_request_of_a_batch_is_still_decoding_after_the_rounds():
+    engine, _ = decode_ratio.prefilled_engine(bundled_model_dir(), 4096, {"policy": "full"}, max_tokens=6, batch=3)
+    for _ in range(6):
+        engine.step()
+    assert len(engine.scheduler.running) == 3
