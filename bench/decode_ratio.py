@@ -27,13 +27,13 @@ from engine.layers.attention import Attention
 def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cache_memory: str | None = None,
                      batch: int = 1):
     """An engine holding `batch` requests of `length` prompt tokens each, decoded to their first token."""
+    # the first requests decode while the others prefill: room for those tokens too, so that none finishes early
+    max_tokens += batch * (length // 2048 + 1)
     extra = {"kv_cache_memory": kv_cache_memory} if kv_cache_memory else {}
     llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048, **extra)
     engine = llm.engine
     vocab = llm.engine.runner.model_config.vocab_size
-    # the first requests decode while the others prefill: room for those tokens too, so that none finishes early
-    steps_while_prefilling = batch * (length // 2048 + 1)
-    params = SamplingParams(temperature=0, max_tokens=max_tokens + steps_while_prefilling, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     requests = [engine.add_request(f"decode-{b}", [5 + (i * 7919 + b * 104729) % (vocab - 5) for i in range(length)],
                                    params, kv=kv) for b in range(batch)]
     start = time.perf_counter()
