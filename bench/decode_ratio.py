@@ -23,14 +23,16 @@ from bench.common import machine, write_json
 from engine import LLM, SamplingParams
 from engine.layers.attention import Attention
 
+CHUNK = 2048   # prefill tokens per step
+
 
 def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cache_memory: str | None = None,
                      batch: int = 1):
     """An engine holding `batch` requests of `length` prompt tokens each, decoded to their first token."""
     # the first requests decode while the others prefill: room for those tokens too, so that none finishes early
-    max_tokens += batch * (length // 2048 + 1)
+    max_tokens += batch * (length // CHUNK + 1)
     extra = {"kv_cache_memory": kv_cache_memory} if kv_cache_memory else {}
-    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=2048, **extra)
+    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=CHUNK, **extra)
     engine = llm.engine
     vocab = llm.engine.runner.model_config.vocab_size
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
@@ -43,22 +45,20 @@ def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cach
 
 
 class AttentionTimer:
-    """Wall time spent inside the model's attention layers (forward hooks; on CUDA they synchronise)."""
+    """Wall time spent inside the model's attention layers, by forward hooks (CPU: there a layer's work is done
+    when its forward returns)."""
 
     def __init__(self, engine):
         self.seconds, self._start = 0.0, 0.0
-        self._sync = torch.cuda.synchronize if engine.runner.device.type == "cuda" else (lambda: None)
         for module in engine.runner.model.modules():
             if isinstance(module, Attention):
                 module.register_forward_pre_hook(self._enter)
                 module.register_forward_hook(self._leave)
 
     def _enter(self, *_):
-        self._sync()
         self._start = time.perf_counter()
 
     def _leave(self, *_):
-        self._sync()
         self.seconds += time.perf_counter() - self._start
 
 
@@ -69,7 +69,7 @@ def decode_round(engine, steps: int, batch: int = 1, timer: AttentionTimer | Non
     for _ in range(steps):
         engine.step()
     per_token = 1e3 / (steps * batch)
-    attention = (timer.seconds - attention_before) * per_token if timer else float("nan")
+    attention = (timer.seconds - attention_before) * per_token if timer else None
     return (time.perf_counter() - start) * per_token, attention
 
 
@@ -99,7 +99,7 @@ def main(argv=None):
         kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
         engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
                                                               args.kv_cache_memory, args.batch)
-        timers[policy] = AttentionTimer(engines[policy])
+        timers[policy] = AttentionTimer(engines[policy]) if engines[policy].runner.device.type == "cpu" else None
         decode_round(engines[policy], 4)   # warm-up
     rounds, attention = {p: [] for p in policies}, {p: [] for p in policies}
     for _ in tqdm(range(args.rounds), desc="rounds"):
@@ -108,13 +108,13 @@ def main(argv=None):
             rounds[policy].append(total)
             attention[policy].append(in_attention)
     medians = {p: statistics.median(v) for p, v in rounds.items()}
-    attention = {p: statistics.median(v) for p, v in attention.items()}
+    attention = {p: statistics.median(v) if timers[p] else None for p, v in attention.items()}
     rows = [{"policy": p, "context_len": args.length, "batch": args.batch, "budget": args.budget,
              "positions": args.positions, "prefill_s": prefill_s[p], "decode_ms_per_token": medians[p],
              "round_min_ms": min(rounds[p]), "round_max_ms": max(rounds[p]),
              "speedup_vs_full": medians["full"] / medians[p] if "full" in medians else None,
              "attention_ms_per_token": attention[p],
-             "attention_speedup_vs_full": attention["full"] / attention[p] if "full" in attention else None}
+             "attention_speedup_vs_full": attention["full"] / attention[p] if attention.get("full") else None}
             for p in policies]
     print(f"{'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7} "
           f"{'attention ms':>12} {'vs full':>7}")
@@ -122,7 +122,7 @@ def main(argv=None):
         ratio = f"{r['speedup_vs_full']:.2f}x" if r["speedup_vs_full"] else "-"
         attention_ratio = f"{r['attention_speedup_vs_full']:.2f}x" if r["attention_speedup_vs_full"] else "-"
         print(f"{r['policy']:>10} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:9.2f} "
-              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7} {r['attention_ms_per_token']:12.2f} "
+              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7} {r['attention_ms_per_token'] or 0:12.2f} "
               f"{attention_ratio:>7}")
     write_json(args.json, {"machine": machine(), "model": model, "rounds": args.rounds, "steps": args.steps,
                            "threads": torch.get_num_threads(), "rows": rows})

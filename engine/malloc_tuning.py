@@ -17,14 +17,20 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20    # glibc's maximum: larger allocations are always mmapped
 TRIM_THRESHOLD = 1 << 30     # freed memory kept in the heap before any is given back
 
-_applied = False
+_applied: bool | None = None   # None: not tried yet
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (once); False where libc is not glibc."""
+    """Raise glibc's mmap and trim thresholds for the whole process (tried once); False where libc is not glibc
+    or refused them. Up to TRIM_THRESHOLD of freed memory then stays with the process instead of going back to the
+    system."""
     global _applied
-    if _applied:
-        return True
+    if _applied is None:
+        _applied = _set_thresholds()
+    return _applied
+
+
+def _set_thresholds() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -32,7 +38,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):   # musl and others: nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    if not _applied:
+    applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not applied:
         log.warning("mallopt refused the mmap/trim thresholds; large CPU temporaries may page-fault every step")
-    return _applied
+    return applied

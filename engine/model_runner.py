@@ -58,7 +58,7 @@ class ModelRunner:
                                            model_config.num_key_value_heads, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
         self.sparsity = SparsityContext()
-        self.gather = GatherBuffers()
+        self.gather_buffers = GatherBuffers(reuse=self.device.type == "cpu")
         if self.device.type == "cpu":
             keep_freed_memory()
         self.calibration = calibrate.load(config.model)
@@ -203,7 +203,7 @@ class ModelRunner:
             retrieval_context=RetrievalContext(self.received, self.model.model.rotary_emb, bs, self.kv_tiers)
             if retrieval else None,
             slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers,
-            gather=self.gather)
+            gather_buffers=self.gather_buffers)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 

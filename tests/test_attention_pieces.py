@@ -1,5 +1,6 @@
 """Attention pieces merged by log-sum-exp, the reused KV gather buffers, and glibc's malloc thresholds."""
-import resource
+import platform
+import subprocess
 import sys
 
 import pytest
@@ -9,7 +10,6 @@ import torch.nn.functional as F
 from engine.layers.attention import Attention
 from engine.layers.attention_pieces import flash_piece, merge_pieces, softmax_with_lse
 from engine.layers.gather_buffers import GatherBuffers
-from engine.malloc_tuning import keep_freed_memory
 
 
 def test_softmax_with_lse_matches_torch_and_hides_exactly():
@@ -52,6 +52,27 @@ def test_prefill_after_context_equals_the_masked_attention():
     assert (got - ref).abs().max() < 1e-5
 
 
+def test_fully_hidden_rows_get_no_weight_and_merge_away():
+    scores = torch.randn(2, 6)
+    hidden = torch.zeros(2, 6, dtype=torch.bool)
+    hidden[1] = True
+    probs, lse = softmax_with_lse(scores, hidden)
+    assert (probs[1] == 0).all() and lse[1] == float("-inf")
+    other = (torch.randn(1, 1, 2, 3), torch.randn(1, 1, 2))
+    merged, merged_lse = merge_pieces([other, (torch.zeros(1, 1, 2, 3), torch.full((1, 1, 2), float("-inf")))])
+    assert torch.equal(merged, other[0]) and torch.equal(merged_lse, other[1])
+
+
+def test_prefill_after_context_in_bf16():
+    torch.manual_seed(3)
+    attn = Attention(hidden=64, heads=4, kv_heads=2, head_dim=16)
+    q, keys, values = (torch.randn(n, h, 16, dtype=torch.bfloat16) for n, h in ((8, 4), (40, 2), (40, 2)))
+    got = attn._attend_after_context(q, keys[:32], values[:32], keys[32:], values[32:])
+    ref = attn._attend(q[None].float(), keys[None].float(), values[None].float(),
+                       torch.ones(8, 40, dtype=torch.bool).tril(32))[0]
+    assert got.dtype == torch.bfloat16 and (got.float() - ref).abs().max() < 2e-2
+
+
 def test_gather_buffers_reuse_one_buffer_per_name():
     source = torch.randn(100, 2, 4)
     buffers = GatherBuffers()
@@ -65,13 +86,35 @@ def test_gather_buffers_reuse_one_buffer_per_name():
     assert keys.data_ptr() == grown.data_ptr() and torch.equal(values, source[[4]] + 1)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_large_blocks_are_reused_without_page_faults():
+MMAPPED_BYTES = """
+import ctypes, sys, torch
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Info
+if sys.argv[1] == "tuned":
+    from engine.malloc_tuning import keep_freed_memory
     assert keep_freed_memory()
-    size = 16 << 20   # below glibc's 32 MiB mmap ceiling: mmapped afresh every time by default
-    torch.empty(size, dtype=torch.uint8).fill_(1)   # first touch of the heap may fault
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        torch.empty(size, dtype=torch.uint8).fill_(1)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < size // 4096   # a fresh mapping would fault once per 4 KiB page, 4096 times per tensor
+before = mallinfo2().hblkhd
+tensor = torch.empty(24 << 20, dtype=torch.uint8)
+print(mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in platform.libc_ver()[0],
+                    reason="glibc's mallopt")
+def test_large_temporaries_come_from_the_heap_not_fresh_mmaps():
+    def mmapped(mode):
+        run = subprocess.run([sys.executable, "-c", MMAPPED_BYTES, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout)
+    assert mmapped("default") >= 24 << 20   # glibc's default: a fresh mapping, whose every page faults when touched
+    assert mmapped("tuned") == 0
+
+
+def test_gather_buffers_without_reuse_allocate_each_time():
+    source = torch.randn(10, 3)
+    buffers = GatherBuffers(reuse=False)
+    first = buffers.index_select("k", source, torch.tensor([[1, 2]]))
+    second = buffers.index_select("k", source, torch.tensor([[1, 2]]))
+    assert torch.equal(first, source[torch.tensor([[1, 2]])]) and first.data_ptr() != second.data_ptr()

@@ -36,7 +36,7 @@ class AttentionMetadata:
     retrieval_context: RetrievalContext | None = None
     slot_mapping_host: list[int] | None = None   # slot_mapping on the host (KV tiers)
     kv_tiers: list | None = None                 # per layer DeviceBlockCache with --kv-offload: new KV goes there
-    gather: GatherBuffers = field(default_factory=GatherBuffers)   # reused across layers and steps by the runner
+    gather_buffers: GatherBuffers = field(default_factory=GatherBuffers)   # the runner's, reused across steps
 
 
 def causal_mask(ctx_start: int, q_len: int, sliding_window: int | None) -> torch.Tensor:
@@ -84,18 +84,18 @@ class Attention(torch.nn.Module):
             rows = slice(p.q_start, p.q_start + p.q_len)
             if p.kv_slots is None:   # a first chunk: its own keys
                 out[rows] = self._attend(q[rows][None], k[rows][None], v[rows][None], p.mask)[0]
-            elif p.mask is None:     # every cached key visible: [context | chunk] pieces
-                keys, values = meta.gather.keys_values(k_flat, v_flat, p.kv_slots[:p.ctx_start])
+            elif p.mask is None:     # every cached key visible (CPU): [context | chunk] pieces
+                keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, p.kv_slots[:p.ctx_start])
                 out[rows] = self._attend_after_context(q[rows], keys, values, k[rows], v[rows])
             else:
-                keys, values = meta.gather.keys_values(k_flat, v_flat, p.kv_slots)
+                keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, p.kv_slots)
                 out[rows] = self._attend(q[rows][None], keys[None], values[None], p.mask)[0]
         for r in meta.retrieval:
             rows = slice(r.q_start, r.q_start + r.q_len)
             out[rows] = retrieval_attention(q[rows], k_flat, v_flat, r, self.layer_idx, meta.retrieval_context,
                                             self.scale)
         if meta.decode_rows.numel():
-            keys, values = meta.gather.keys_values(k_flat, v_flat, meta.decode_slots)
+            keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, meta.decode_slots)
             out[meta.decode_rows] = self._attend_decode(q[meta.decode_rows], keys, values, meta.decode_mask)
         return self.o_proj(out.view(n, -1))
 
@@ -107,8 +107,8 @@ class Attention(torch.nn.Module):
         return self.o_proj(self._attend(q, k, v, None).reshape(b, t, -1))
 
     def _attend_decode(self, q, k, v, mask):
-        """One query per sequence: q [B, H, D], k/v [B, L, Hkv, D] -> [B, H, D]. The query heads of a KV head are
-        that head's query rows, so the keys are never repeated per query head (GQA at half the cost)."""
+        """One query per sequence: q [B, H, D], k/v [B, L, Hkv, D] -> [B, H, D]. The query heads that share a KV
+        head are that head's query rows, so the keys are not repeated per query head."""
         b = q.shape[0]
         grouped = q.view(b, self.kv_heads, -1, self.head_dim)
         o = F.scaled_dot_product_attention(grouped, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
@@ -117,13 +117,12 @@ class Attention(torch.nn.Module):
 
     def _attend_after_context(self, q, context_k, context_v, k, v):
         """A prefill chunk q [T, H, D] over its cached context (every key visible) and itself (causal), as two
-        attention pieces: no [T, context + T] mask is built."""
-        q_heads = q.float().transpose(0, 1)[None]
-        pieces = [flash_piece(q_heads, k.float().transpose(0, 1), v.float().transpose(0, 1), self.scale,
-                              causal=True)[:2],
-                  flash_piece(q_heads, context_k.float().transpose(0, 1), context_v.float().transpose(0, 1),
-                              self.scale)[:2]]
-        return merge_pieces(pieces)[0][0].transpose(0, 1).to(q.dtype)
+        attention pieces merged in fp32: no [T, context + T] mask is built."""
+        q_heads = q.transpose(0, 1)[None]
+        pieces = [flash_piece(q_heads, k.transpose(0, 1), v.transpose(0, 1), self.scale, causal=True)[:2],
+                  flash_piece(q_heads, context_k.transpose(0, 1), context_v.transpose(0, 1), self.scale)[:2]]
+        out, _ = merge_pieces([(o.float(), lse.float()) for o, lse in pieces])
+        return out[0].transpose(0, 1).to(q.dtype)
 
     def _attend(self, q, k, v, mask):
         """q [B, Tq, H, D], k/v [B, Tk, Hkv, D] -> [B, Tq, H, D]."""

@@ -13,8 +13,9 @@ EXP_FLOOR = -87.0   # exp(-87) ≈ 1.6e-38 is still a normal float32
 def flash_piece(q, keys, values, scale: float, causal: bool = False, mask: torch.Tensor | None = None,
                 keep_scores: bool = False):
     """q [1, H, w, D] over head-major keys/values [Hkv, S, D] -> (output [1, H, w, D], log-sum-exp [1, H, w], and
-    with `keep_scores` the scaled scores [1, Hkv, g·w, S] (non-causal or w = 1 only), else None). `causal` (S = w)
-    lets query i see keys 0..i; `mask` ([S] or [Hkv, S], non-causal only) marks the keys to attend."""
+    with `keep_scores` the scaled scores [1, Hkv, g·w, S] before any mask (non-causal or w = 1 only), else None).
+    `causal` (S = w) lets query i see keys 0..i; `mask` ([S] or [Hkv, S], non-causal only) marks the keys to
+    attend."""
     _, heads, w, dim = q.shape
     kv_heads = keys.shape[0]
     group = heads // kv_heads
@@ -51,14 +52,19 @@ def merge_pieces(pieces):
 
 
 def softmax_with_lse(scores: torch.Tensor, hidden: torch.Tensor | None = None):
-    """softmax over the last dimension and its log-sum-exp, with the `hidden` scores excluded. Terms more than
-    -EXP_FLOOR below the maximum are raised to that floor: their exp would be denormal, and torch's CPU exp takes a
-    slow path (~15× slower) for such inputs. A raised term weighs under 2e-38 of the largest."""
+    """softmax over the last dimension and its log-sum-exp, with the `hidden` scores excluded (a row with every
+    score hidden gets probabilities 0 and log-sum-exp -inf, which merge_pieces ignores). exp's argument is floored
+    at EXP_FLOOR: below it the result would be denormal, and torch's CPU exp takes a ~15× slower path there. A
+    floored term weighs under 2e-38."""
     if hidden is not None:
         scores = scores.masked_fill(hidden, float("-inf"))
     top = scores.amax(-1, keepdim=True)
-    probs = (scores - top).clamp_(min=EXP_FLOOR).exp_()
+    top = top.masked_fill(top == float("-inf"), 0.0)
+    total = (scores - top).clamp_(min=EXP_FLOOR).exp_()
+    if hidden is not None:
+        total.masked_fill_(hidden, 0.0)
+    lse = top + total.sum(-1, keepdim=True).log()
+    probs = (scores - lse).clamp_(min=EXP_FLOOR).exp_()   # not exp / sum: that would be denormal again
     if hidden is not None:
         probs.masked_fill_(hidden, 0.0)
-    total = probs.sum(-1, keepdim=True)
-    return probs.div_(total), (top + total.log()).squeeze(-1)
+    return probs, lse.squeeze(-1)
