@@ -8,7 +8,7 @@ from engine.demo import bundled_model_dir
 def test_rounds_time_every_policy_and_ratio_to_full(tmp_path):
     out = tmp_path / "ratio.json"
     rows = decode_ratio.main(["--length", "1024", "--policies", "full,streaming,actqkv", "--budget", "704",
-                              "--rounds", "2", "--steps", "3", "--json", str(out)])
+                              "--rounds", "2", "--steps", "3", "--kv-cache-memory", "256MiB", "--json", str(out)])
     assert [r["policy"] for r in rows] == ["full", "streaming", "actqkv"]
     for r in rows:
         assert 0 < r["round_min_ms"] <= r["decode_ms_per_token"] <= r["round_max_ms"] and r["prefill_s"] > 0
@@ -20,12 +20,13 @@ def test_rounds_time_every_policy_and_ratio_to_full(tmp_path):
 
 def test_batch_decodes_several_requests_per_step():
     rows = decode_ratio.main(["--length", "1024", "--policies", "full,actqkv", "--budget", "704", "--batch", "2",
-                              "--rounds", "1", "--steps", "2"])
+                              "--rounds", "1", "--steps", "2", "--kv-cache-memory", "256MiB"])
     assert [r["batch"] for r in rows] == [2, 2] and all(r["decode_ms_per_token"] > 0 for r in rows)
 
 
 def test_every_request_of_a_batch_is_still_decoding_after_the_rounds():
-    engine, _ = decode_ratio.prefilled_engine(bundled_model_dir(), 4096, {"policy": "full"}, max_tokens=6, batch=3)
+    engine, _ = decode_ratio.prefilled_engine(bundled_model_dir(), 4096, {"policy": "full"}, max_tokens=6,
+                                              kv_cache_memory="256MiB", batch=3)
     for _ in range(6):
         engine.step()
     assert len(engine.scheduler.running) == 3
