@@ -39,6 +39,19 @@ def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
     assert (unrotate_range(apply_rotary(x, rotary(consecutive)), 1500, rotary) - at_zero).abs().max() < 1e-4
 
 
+@SCALINGS
+def test_unrotate_blocks_equals_unrotate_of_their_positions(rope_scaling):
+    from engine.layers.rotary import unrotate, unrotate_blocks
+    rotary = RotaryEmbedding(_config(rope_scaling), 100)   # not a multiple of the block size; it grows too
+    torch.manual_seed(0)
+    blocks = torch.tensor([[0, 2, 9], [1, 3, 40]])                               # [heads, n] of 4-position blocks
+    positions = (blocks[:, :, None] * 4 + torch.arange(4)).flatten(1)            # [heads, 12]
+    x = torch.randn(2, 12, 16)
+    with torch.inference_mode():
+        got = unrotate_blocks(x, blocks, 4, rotary, int(positions.max()))
+        assert torch.allclose(got, unrotate(x, positions, rotary), atol=1e-6)
+
+
 def test_rotation_with_and_without_autograd_agree():
     rotary = RotaryEmbedding(_config(None), 64)
     x, positions = torch.randn(5, 4, 16, requires_grad=True), torch.arange(5)

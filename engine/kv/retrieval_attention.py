@@ -21,7 +21,7 @@ from engine.kv import policies
 from engine.kv.state import SequenceKVState
 from engine.kv.tiers import DeviceBlockCache
 from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
-from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate, unrotate_range
+from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, unrotate_range
 
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
@@ -202,7 +202,8 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
         q_for_global = q_heads
         if bounded and q_global is not None:
-            keys_global = unrotate(keys_global, global_pos, ctx.rotary, local_start)   # back to pre-RoPE
+            blocks = global_pos[..., ::ctx.block_size] // ctx.block_size   # sinks and retrieved: whole blocks
+            keys_global = unrotate_blocks(keys_global, blocks, ctx.block_size, ctx.rotary, local_start)  # pre-RoPE
             q_for_global = q_global.float().permute(1, 0, 2)[None]
         values_global = _gather(v_flat, global_slots).float()
         if global_slots.dim() == 1:

@@ -96,6 +96,18 @@ class RotaryEmbedding(torch.nn.Module):
         shape = positions.shape + (self.cos.shape[1],)
         return self.cos.index_select(0, flat).view(shape), self.sin.index_select(0, flat).view(shape)
 
+    def lookup_blocks(self, blocks: torch.Tensor, block_size: int, max_position: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for whole blocks of positions (block b holds b·block_size ..): blocks [..., n] ->
+        [..., n·block_size, head_dim / 2], one table row read per block instead of one per position.
+        `max_position` bounds the positions."""
+        self._cover(max_position + 1, blocks.device)
+        rows = self.cos.shape[0] // block_size * block_size
+        shape = blocks.shape[:-1] + (blocks.shape[-1] * block_size, self.cos.shape[1])
+        flat = blocks.reshape(-1)
+        return tuple(table[:rows].view(rows // block_size, -1).index_select(0, flat).view(shape)
+                     for table in (self.cos, self.sin))
+
     def range(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for positions start..end-1 (0 <= start): slices of the tables, no lookup."""
         self._cover(end, device)
@@ -156,6 +168,13 @@ def unrotate(x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, 
     """Cached (post-RoPE) vectors x [..., head_dim] at non-negative `positions` (a prefix of x's leading shape)
     back to position 0: `rotate_by(x, -positions)` without the sign tensor."""
     return _rotate_leading(x, *_unscaled(rotary, rotary.lookup(positions, max_position)), inverse=True)
+
+
+def unrotate_blocks(x: torch.Tensor, blocks: torch.Tensor, block_size: int, rotary: RotaryEmbedding,
+                    max_position: int) -> torch.Tensor:
+    """`unrotate` for vectors x [..., n·block_size, head_dim] that fill the whole position blocks [..., n]."""
+    return _rotate_leading(x, *_unscaled(rotary, rotary.lookup_blocks(blocks, block_size, max_position)),
+                           inverse=True)
 
 
 def unrotate_range(x: torch.Tensor, first: int, rotary: RotaryEmbedding) -> torch.Tensor:
