@@ -7,8 +7,8 @@ One engine per policy holds one request (or `--batch` requests decoding together
 after round, each engine decodes `--steps` tokens in turn, so that a slow spell of a shared machine hits every
 policy alike. Reported per policy: the median over rounds of the round's mean ms per generated token (step time
 divided by the batch), the spread (min-max of the round means) and the ratio of medians to `full`; and the same
-for the time inside the attention layers, where the policies differ (the rest of a step is the same work for
-all). Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may carry
+for the time inside the attention layers (their q/k/v/o projections included), where the policies differ (the
+rest of a step is the same work for all). Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may carry
 knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax).
 """
 import argparse
