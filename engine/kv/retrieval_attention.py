@@ -189,7 +189,8 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     local_scores = None
     if w == 1:   # decode: every local key is visible; one piece, with its scores when they are recorded
         out_local, lse_local, local_scores = flash_piece(q_heads, keys_local.transpose(0, 1),
-                                                    values_local.transpose(0, 1), scale, keep_scores=record_received)
+                                                         values_local.transpose(0, 1), scale,
+                                                         keep_scores=record_received)
         pieces = [(out_local, lse_local)]
     else:
         head_major_k, head_major_v = keys_local.transpose(0, 1), values_local.transpose(0, 1)
