@@ -10,7 +10,7 @@
 """
 import torch
 
-from engine.layers.rotary import RotaryEmbedding, unrotate
+from engine.layers.rotary import RotaryEmbedding, unrotate_range
 
 
 def received_attention(num_layers: int, num_slots: int, kv_heads: int, device: torch.device) -> list[torch.Tensor]:
@@ -32,8 +32,7 @@ class SequenceSummaries:
         """Append the summaries of the next blocks of `layer`: their cached (post-RoPE) keys [nb, bs, Hkv, D], the
         attention their tokens received [nb, bs, Hkv], their first token's position."""
         nb, bs = keys.shape[:2]
-        positions = torch.arange(first_position, first_position + nb * bs, device=keys.device)
-        pre = unrotate(keys.flatten(0, 1).float(), positions, rotary, first_position + nb * bs).view_as(keys)
+        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary).view_as(keys)
         top = received.topk(min(repr_topk, bs), dim=1).indices                              # [nb, r, Hkv]
         reprs = pre.gather(1, top[..., None].expand(-1, -1, -1, keys.shape[-1])).mean(1)
         self._append(layer, repr=reprs, repr_sq=reprs.pow(2).sum(-1), kmin=keys.float().amin(1),

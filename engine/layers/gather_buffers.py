@@ -26,10 +26,8 @@ class GatherBuffers:
         rows = (index.numel(), *source.shape[1:])
         numel = math.prod(rows)
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.dtype != source.dtype or buffer.device != source.device:
-            buffer = None
-        if buffer is None or buffer.numel() < numel:
-            size = numel if buffer is None else max(numel, buffer.numel() * 5 // 4)
+        if buffer is None or buffer.numel() < numel or (buffer.dtype, buffer.device) != (source.dtype, source.device):
+            size = max(numel, buffer.numel() * 5 // 4) if buffer is not None else numel
             buffer = self._buffers[name] = torch.empty(size, dtype=source.dtype, device=source.device)
         return torch.index_select(source, 0, index.reshape(-1), out=buffer[:numel].view(rows)).view(shape)
 
