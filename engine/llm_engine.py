@@ -54,8 +54,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = self._eos_token_ids()
         self.vocab_size = self.model_config.vocab_size
+        tokenizer = self.tokenizer   # not `self` in the lambda: no reference cycle, `del llm` frees the engine
         self.sampler = Sampler(self.vocab_size, self.eos_token_ids,
-                               lambda t: self.tokenizer.decode([t], skip_special_tokens=False))
+                               lambda t: tokenizer.decode([t], skip_special_tokens=False))
         self.requests: dict[str, Request] = {}
         self._next_seq_id = 0
         self._seed_source = torch.Generator().manual_seed(config.seed)

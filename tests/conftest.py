@@ -25,9 +25,9 @@ ARCHS = {
 
 @pytest.fixture(autouse=True)
 def free_finished_engines():
-    """An engine is freed by the garbage collector (it holds reference cycles), which runs by object counts, not
-    bytes: unchecked, the 2 GiB KV pools of the suite's engines piled up to 16 GB. Collected when the process holds
-    over 1 GiB (a collection costs ~0.2 s)."""
+    """Engines that a test's failures or closures keep in reference cycles wait for the garbage collector, which
+    runs by object counts, not bytes: unchecked, the 2 GiB KV pools of the suite's engines piled up to 16 GB (when
+    engines themselves held a cycle). Collected when the process holds over 1 GiB (a collection costs ~0.2 s)."""
     yield
     if resident_bytes() > 1 << 30:
         gc.collect()
