@@ -112,3 +112,13 @@ def test_a_task_on_its_own_curriculum_keeps_its_shorter_lengths():
     capped, others = row_lengths({"multikey": 128})
     uncapped, _ = row_lengths(None)
     assert capped and uncapped and max(capped) < min(uncapped) and max(capped) < min(others)
+
+
+def test_the_task_mix_decides_which_tasks_a_batch_holds():
+    from engine.demo.tokenizer import train_tokenizer
+    from engine.demo.train import Batcher, parse_mix
+    tok = train_tokenizer(512, samples=20)
+    _, _, _, tasks = Batcher(tok, 0, parse_mix("passkey=3,filler=1")).batch(128, 8000)
+    assert set(tasks) == {"passkey", "filler"} and tasks.count("passkey") > tasks.count("filler")
+    with pytest.raises(Exception, match="TASK=WEIGHT"):
+        parse_mix("passkey")

@@ -46,6 +46,20 @@ REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction h
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
 
 
+def parse_mix(text: str) -> list[tuple[str, float]]:
+    """'passkey=0.5,filler=0.5' -> [("passkey", 0.5), ("filler", 0.5)]: the tasks of a batch and their weights."""
+    known = [t for t, _ in TASK_MIX]
+    mix = []
+    for part in filter(None, text.split(",")):
+        task, _, weight = part.partition("=")
+        if task not in known or not weight:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT with TASK one of {', '.join(known)}")
+        mix.append((task, float(weight)))
+    if not mix or sum(w for _, w in mix) <= 0:
+        raise argparse.ArgumentTypeError("the mix needs a task of positive weight")
+    return mix
+
+
 def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) -> dict:
     cfg = {k: v for k, v in size.items() if k not in ("lengths", "tokens_per_step")}
     return {"architectures": ["MemoryLlamaForCausalLM"], "model_type": "memory_llama", "hidden_act": "relu",
@@ -56,13 +70,14 @@ def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) ->
 class Batcher:
     """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
 
-    def __init__(self, tokenizer, seed: int):
+    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None):
         self.tok = tokenizer
         self.rng = random.Random(seed)
+        self.mix = mix or TASK_MIX
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
-        task = self.rng.choices([t for t, _ in TASK_MIX], [w for _, w in TASK_MIX])[0]
+        task = self.rng.choices([t for t, _ in self.mix], [w for _, w in self.mix])[0]
         cap = (caps or {}).get(task)
         if cap is not None and length > cap:   # a task on its own curriculum: its own range of lengths
             length = self.rng.randint(max(32, cap // 4), cap)
@@ -106,12 +121,12 @@ class ParallelBatcher:
     Batch i is generated from its own seed (`seed`-`i`); batches made ahead for a length bucket that the
     curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
-    def __init__(self, tokenizer, seed: int, workers: int):
+    def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(tokenizer,))
+                                        initializer=_init_worker, initargs=(tokenizer, mix))
         self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
         atexit.register(self.close)   # also when training stops on an exception
 
@@ -133,10 +148,10 @@ class ParallelBatcher:
 _worker_batcher: Batcher | None = None
 
 
-def _init_worker(tokenizer):
+def _init_worker(tokenizer, mix):
     global _worker_batcher
     torch.set_num_threads(1)
-    _worker_batcher = Batcher(tokenizer, 0)
+    _worker_batcher = Batcher(tokenizer, 0, mix)
 
 
 def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):
@@ -249,6 +264,9 @@ def main(argv=None):
     parser.add_argument("--own-curriculum", default="",
                         help="comma-separated tasks (e.g. multikey,kv_retrieval) whose maximum length starts at the "
                              "first stage's and doubles only when their own exact-answer rate passes --advance-at")
+    parser.add_argument("--mix", default=None, type=parse_mix,
+                        help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
+                             f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     size = {**size, "tokens_per_step": [int(t * args.batch_scale) for t in size["tokens_per_step"]]}
@@ -285,7 +303,7 @@ def main(argv=None):
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
               "curve": [], "stages": []}
-    batcher = Batcher(tokenizer, args.seed)
+    batcher = Batcher(tokenizer, args.seed, args.mix)
     if args.resume and os.path.isfile(state_path):
         saved = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
@@ -303,7 +321,7 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
-    parallel = ParallelBatcher(tokenizer, args.seed, args.workers) if args.workers else None
+    parallel = ParallelBatcher(tokenizer, args.seed, args.workers, args.mix) if args.workers else None
     record.setdefault("runs", []).append({"command": command, "from_step": record["step"]})  # every (re)start
     own = record.setdefault("task_stage", {})
     for task in filter(None, args.own_curriculum.split(",")):
