@@ -256,3 +256,57 @@ def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positio
     assert counts[0] == counts[1] and 0 < counts[0] <= 2 * mean_k
     assert counts[0] < 2 * mean_k or cutoff == "top_p"   # the mask removed some of the static top-2k
     assert (outputs[0] - outputs[1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("positions,per_head", [("original", True), ("bounded", True), ("bounded", False)])
+def test_tile_cache_attends_exactly_what_the_pool_gathers(monkeypatch, positions, per_head):
+    """Reading the sinks and retrieved blocks through the TileCache (kept across steps, un-rotated once) gives the
+    same outputs as gathering them from the pool each window; later decode steps hit the cache."""
+    from engine.kv import retrieval_attention as ra
+    torch.manual_seed(1)
+    bs, n, heads, kv_heads, dim, pool = 16, 480, 4, 2, 16, 40
+    blocks = torch.randperm(pool)[: -(-n // bs)]
+    slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
+    k_flat, v_flat = torch.randn(pool * bs, kv_heads, dim), torch.randn(pool * bs, kv_heads, dim)
+    q = torch.randn(n, heads, dim)
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
+                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
+    kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions=positions, per_head=per_head,
+                  warmup=32)
+    prompt = n - 8
+    outputs = []
+    for cached in (False, True):
+        monkeypatch.setattr(ra, "TILE_CACHE", cached)
+        ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
+        state = SequenceKVState(kv, 1, q.device)
+        out = [retrieval_attention(q[:prompt], k_flat, v_flat, RetrievalSlice(0, prompt, 0, slots[:prompt], blocks,
+                                                                              state), 0, ctx, dim ** -0.5)]
+        for t in range(prompt, n):   # decode steps
+            out.append(retrieval_attention(q[t:t + 1], k_flat, v_flat, RetrievalSlice(t, 1, t, slots[:t + 1], blocks,
+                                                                                      state), 0, ctx, dim ** -0.5))
+        outputs.append(torch.cat(out))
+        tiles = state.tiles[0]
+        assert (tiles is not None) == cached
+    assert torch.equal(outputs[0], outputs[1])
+    assert tiles.hits > tiles.misses > 0
+
+
+def test_tile_cache_keeps_the_recently_used_tiles():
+    from engine.kv.tile_cache import TileCache
+    loads = []
+
+    def load(heads, blocks):
+        loads.append(sorted(zip(blocks.tolist(), heads.tolist())))
+        value = (blocks * 10 + heads).float()[:, None, None].expand(-1, 2, 3)
+        return value, -value
+    cache = TileCache(capacity=6, block_size=2, head_dim=3, kv_heads=2, device=torch.device("cpu"))
+    k, v = cache.gather(torch.tensor([[0, 5], [0, 7]]), 8, load)                # 4 tiles, all missing
+    assert k.shape == (2, 4, 3) and k[1, 2:, 0].tolist() == [71.0, 71.0] and torch.equal(v, -k)
+    cache.gather(torch.tensor([[0, 6], [0, 6]]), 8, load)                       # (6, h) new: slots 5, 6 filled
+    assert loads[-1] == [(6, 0), (6, 1)]
+    k, _ = cache.gather(torch.tensor([[3, 6], [0, 7]]), 8, load)                # evicts (5, 0), least recent
+    assert loads[-1] == [(3, 0)] and k[:, ::2, 0].tolist() == [[30.0, 60.0], [1.0, 71.0]]
+    cache.gather(torch.tensor([[5], [7]]), 8, load)
+    assert loads[-1] == [(5, 0)] and (cache.hits, cache.misses) == (6, 8)
+    with pytest.raises(ValueError, match="needs 8 tiles"):
+        cache.gather(torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]]), 8, load)

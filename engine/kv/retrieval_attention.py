@@ -19,6 +19,7 @@ import torch
 
 from engine.kv import policies
 from engine.kv.state import SequenceKVState
+from engine.kv.tile_cache import TileCache
 from engine.kv.tiers import DeviceBlockCache
 from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
 from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, unrotate_range
@@ -26,6 +27,7 @@ from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, un
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
 STATIC_SELECTION = False   # tests: keep the device path's static top-(2k) + mask on the CPU too
+TILE_CACHE = True          # CPU: read the sinks and retrieved blocks through a TileCache (tests compare without)
 
 
 @dataclass
@@ -101,7 +103,8 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
-                            record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready)
+                            record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready,
+                            tiles=None if tier is not None else _tiles(item, layer, k_flat, bs), block_ids=item.block_ids)
         attended_global = (global_slots.shape[-1] if global_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
@@ -164,6 +167,33 @@ def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return flat.reshape(-1, flat.shape[-1]).index_select(0, rows.flatten()).view(*slots.shape, -1)
 
 
+def _tiles(item: RetrievalSlice, layer: int, k_flat: torch.Tensor, bs: int) -> TileCache | None:
+    """The sequence's TileCache for `layer` (made on first use), or None where tiles are not used (CUDA)."""
+    if not TILE_CACHE or k_flat.device.type != "cpu":
+        return None
+    tiles = item.state.tiles[layer]
+    if tiles is None:
+        cfg, kv_heads = item.state.config, k_flat.shape[1]
+        capacity = kv_heads * (cfg.sink_tokens(bs) // bs + 3 * cfg.blocks_per_layer(bs))  # a window needs <= 2·k
+        tiles = item.state.tiles[layer] = TileCache(capacity, bs, k_flat.shape[-1], kv_heads, k_flat.device)
+    return tiles
+
+
+def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext, bounded: bool, max_position: int):
+    """TileCache's loader: keys (un-rotated if `bounded`) and values [m, bs, D] of KV `heads` [m] of logical
+    `blocks` [m], gathered from the pool's flat views."""
+    bs, kv_heads, dim = ctx.block_size, k_flat.shape[1], k_flat.shape[-1]
+
+    def load(heads: torch.Tensor, blocks: torch.Tensor):
+        slots = block_ids[blocks][:, None] * bs + torch.arange(bs, device=blocks.device)        # [m, bs]
+        rows = (slots * kv_heads + heads[:, None]).flatten()                                     # into [slots·Hkv, D]
+        keys = k_flat.reshape(-1, dim).index_select(0, rows).float()
+        if bounded:
+            keys = unrotate_blocks(keys, blocks, bs, ctx.rotary, max_position)
+        return keys.view(-1, bs, dim), v_flat.reshape(-1, dim).index_select(0, rows).view(-1, bs, dim)
+    return load
+
+
 def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Tensor:
     """Queries at `positions` (= a..b-1) moved to position `distance` (pre-RoPE keys then sit `distance` behind)."""
     if a >= distance:   # the usual case: every query moves back, by a consecutive range of offsets
@@ -173,11 +203,12 @@ def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Ten
 
 def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
             local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool,
-            ready=None) -> torch.Tensor:
+            ready=None, tiles: TileCache | None = None, block_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
     their log-sum-exp: global keys (only those in `global_keep`, when given), local keys before the window, and the
     window itself (causal). Slots index `k_flat`/`v_flat`; `pool_local_slots` are the local keys' pool slots.
-    With KV tiers, `ready(0)` / `ready(1)` wait for the local / other blocks' copies before they are read."""
+    With KV tiers, `ready(0)` / `ready(1)` wait for the local / other blocks' copies before they are read. With
+    `tiles` (and the sequence's `block_ids`) the sinks and retrieved blocks are read through that TileCache."""
     w, heads, dim = qw.shape
     if ready is not None:
         ready(0)
@@ -200,15 +231,20 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
     if ready is not None:
         ready(1)
     if global_slots.shape[-1]:
-        keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
-        q_for_global = q_heads
-        if bounded and q_global is not None:
-            blocks = global_pos[..., ::ctx.block_size] // ctx.block_size   # sinks and retrieved: whole blocks
-            keys_global = unrotate_blocks(keys_global, blocks, ctx.block_size, ctx.rotary, local_start)  # pre-RoPE
-            q_for_global = q_global.float().permute(1, 0, 2)[None]
-        values_global = _gather(v_flat, global_slots).float()
-        if global_slots.dim() == 1:
-            keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
+        blocks = global_pos[..., ::ctx.block_size] // ctx.block_size   # sinks and retrieved: whole blocks
+        bounded = bounded and q_global is not None
+        if tiles is not None and global_keep is None:
+            per_head = blocks if blocks.dim() == 2 else blocks.expand(k_flat.shape[1], -1)
+            keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size,
+                                                      _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start))
+        else:
+            keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
+            if bounded:
+                keys_global = unrotate_blocks(keys_global, blocks, ctx.block_size, ctx.rotary, local_start)  # pre-RoPE
+            values_global = _gather(v_flat, global_slots).float()
+            if global_slots.dim() == 1:
+                keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
+        q_for_global = q_global.float().permute(1, 0, 2)[None] if bounded else q_heads
         pieces.append(flash_piece(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
     out, lse = merge_pieces(pieces)
     if record_received:

@@ -17,6 +17,7 @@ class SequenceKVState:
         self.blocks_selected = [0] * num_layers
         self.last_attended: list[tuple] = [((), 0, 0)] * num_layers  # (selected logical blocks, sink end, local start)
         self.question: list[torch.Tensor] | None = None   # per layer, the question vector [H, D] (engine.kv.question)
+        self.tiles: list = [None] * num_layers      # per layer, its TileCache (CPU; engine.kv.tile_cache)
 
     def attends_block(self, layer: int, block: int, block_size: int) -> bool:
         """Whether the last query of `layer` attended logical block `block` (as sink, retrieved or local)."""

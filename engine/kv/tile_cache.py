@@ -1,0 +1,66 @@
+"""The sink and retrieved blocks of one request and layer, kept between steps as head-major tiles (CPU).
+
+A tile is one KV head of one logical block: [block_size, head_dim] keys (un-rotated to position 0 with bounded
+positions) and values, in fp32. The pool stores a token's KV heads side by side, so gathering one head's block
+reads block_size rows of head_dim values far apart: a cold memory access per row. With the keys' un-rotation that
+was about half of ActQKV's decode attention on the demo model at 32k. A decode step retrieves mostly what the steps
+before it did (about 90% of a step's (block, head) pairs on the demo model at 32k were retrieved in the 8 steps
+before), so the cache keeps tiles across steps, least recently used out first, and a step reads its tiles as
+contiguous rows. Only the missing tiles are gathered from the pool and un-rotated.
+
+CPU only: finding the missing tiles reads them on the host, a sync on CUDA (where the gathers are cheap anyway).
+Memory per request and layer: `capacity` tiles of keys and values, e.g. 4.5 MB on the demo model's shape.
+"""
+from typing import Callable
+
+import torch
+
+Loader = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TileCache:
+    """One request's and layer's tiles; `gather` returns those of the blocks a window attends to."""
+
+    def __init__(self, capacity: int, block_size: int, head_dim: int, kv_heads: int, device: torch.device):
+        self.capacity, self.kv_heads = capacity, kv_heads
+        self.k = torch.empty(capacity, block_size, head_dim, device=device)
+        self.v = torch.empty(capacity, block_size, head_dim, device=device)
+        self.slot_of = torch.full((0,), -1, dtype=torch.long, device=device)   # block·Hkv + head -> slot, or -1
+        self.owner = torch.full((capacity,), -1, dtype=torch.long, device=device)   # slot -> block·Hkv + head
+        self.last_used = torch.zeros(capacity, dtype=torch.long, device=device)   # step count; 0: never used
+        self.clock = 0
+        self.hits = self.misses = 0
+
+    def gather(self, blocks: torch.Tensor, num_blocks: int, load: Loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [Hkv, nb·block_size, D] of logical `blocks` [Hkv, nb] (each head's row distinct), the
+        blocks of a head in the row's order. `num_blocks` bounds the logical block ids. `load(heads, blocks)` gives
+        the missing tiles' keys and values [m, block_size, D] as attended."""
+        kv_heads, nb = blocks.shape
+        if kv_heads * nb > self.capacity:
+            raise ValueError(f"a window needs {kv_heads * nb} tiles, the cache holds {self.capacity}")
+        if self.slot_of.shape[0] < num_blocks * kv_heads:   # the sequence grew: room for its new blocks
+            grown = torch.full((2 * num_blocks * kv_heads,), -1, dtype=torch.long, device=self.slot_of.device)
+            grown[:self.slot_of.shape[0]] = self.slot_of
+            self.slot_of = grown
+        self.clock += 1
+        keys = (blocks * kv_heads + torch.arange(kv_heads, device=blocks.device)[:, None]).flatten()
+        slots = self.slot_of[keys]
+        missing = slots < 0
+        count = int(missing.sum())
+        self.misses += count
+        self.hits += keys.shape[0] - count
+        if count:
+            self.last_used[slots[~missing]] = self.clock   # the hits are not evicted for the misses
+            free = self.last_used.topk(count, largest=False).indices
+            evicted = self.owner[free]
+            self.slot_of[evicted[evicted >= 0]] = -1
+            wanted = keys[missing]
+            self.owner[free] = wanted
+            self.slot_of[wanted] = free
+            k_new, v_new = load(wanted % kv_heads, wanted // kv_heads)
+            self.k.index_copy_(0, free, k_new.float())
+            self.v.index_copy_(0, free, v_new.float())
+            slots = slots.masked_scatter(missing, free)
+        self.last_used[slots] = self.clock
+        shape = (kv_heads, -1, self.k.shape[-1])
+        return self.k.index_select(0, slots).view(shape), self.v.index_select(0, slots).view(shape)
