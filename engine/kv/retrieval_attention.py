@@ -104,7 +104,8 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
                             local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
                             record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready,
-                            tiles=None if tier is not None else _tiles(item, layer, k_flat, bs), block_ids=item.block_ids)
+                            tiles=None if tier is not None else _tiles(item, layer, k_flat, bs),
+                            block_ids=item.block_ids)
         attended_global = (global_slots.shape[-1] if global_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
@@ -235,8 +236,8 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
         bounded = bounded and q_global is not None
         if tiles is not None and global_keep is None:
             per_head = blocks if blocks.dim() == 2 else blocks.expand(k_flat.shape[1], -1)
-            keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size,
-                                                      _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start))
+            load = _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start)
+            keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size, load)
         else:
             keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
             if bounded:
