@@ -68,6 +68,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     ctx.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
+    tiles = None if tier is not None else _tiles(item, layer, k_flat, bs)
     out = torch.empty_like(q)
     for a in range(item.ctx_start, item.ctx_start + item.q_len, cfg.window):
         b = min(a + cfg.window, item.ctx_start + item.q_len)
@@ -78,18 +79,17 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk, tier)
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
-        global_pos, global_keep = positions[:0], None
+        global_blocks, block_keep = positions[:0], None   # logical blocks: [nb] shared, [Hkv, nb] per head
         q_global, retrieved = None, []
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
             q_global = _one_angle(qw, positions, a, b, cfg.local, ctx.rotary)
             chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K] / [K, Hkv]
-            sinks = _expand(torch.arange(sink_end, device=q.device), chosen)
-            block_pos, block_keep = _block_positions(chosen, bs, keep)
-            global_pos = torch.cat([sinks, block_pos], dim=-1)                 # [S] shared, [Hkv, S] per head
-            if block_keep is not None:
-                global_keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), block_keep], dim=-1)
-        global_slots = item.slots[global_pos]
+            global_blocks, block_keep = _global_blocks(chosen, first, keep)
+        global_slots = global_keep = None
+        if tiles is None or block_keep is not None:   # read by slot from the pool (or the device cache)
+            global_slots = item.slots[_block_positions(global_blocks, bs)]
+            global_keep = None if block_keep is None else block_keep.repeat_interleave(bs, dim=-1)
         local_slots = item.slots[local_start:b]
         read_global, read_local, ready = global_slots, local_slots, None
         if tier is not None:   # local region, sinks and retrieved blocks resident at once; copied in that order
@@ -97,16 +97,15 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             ready = tier.fetch(table[local_start // bs:-(-b // bs)], table[:sink_end // bs] + retrieved)
             read_global, read_local = tier.translate(global_slots), tier.translate(local_slots)
         if cfg.trace:
-            picked = global_pos[..., sink_end:]
-            picked = picked if global_keep is None else picked[global_keep[..., sink_end:]]
-            chosen_blocks = set((picked // bs).flatten().tolist()) if local_start > sink_end else set()
+            picked = global_blocks[..., sink_end // bs:]
+            picked = picked if block_keep is None else picked[block_keep[..., sink_end // bs:]]
+            chosen_blocks = set(picked.flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
-        out[rows] = _attend(qw, q_global, a, positions, global_pos, read_global, global_keep, read_local, local_slots,
-                            local_start, k_flat, v_flat, layer, ctx, scale, bounded=cfg.positions == "bounded",
-                            record_received=cfg.policy in REPRESENTATIVE_POLICIES, ready=ready,
-                            tiles=None if tier is not None else _tiles(item, layer, k_flat, bs),
-                            block_ids=item.block_ids)
-        attended_global = (global_slots.shape[-1] if global_keep is None
+        out[rows] = _attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
+                            local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
+                            bounded=cfg.positions == "bounded", record_received=cfg.policy in REPRESENTATIVE_POLICIES,
+                            ready=ready, tiles=tiles, block_ids=item.block_ids)
+        attended_global = (global_blocks.shape[-1] * bs if block_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
     return out
@@ -142,21 +141,25 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
     return chosen + first, torch.arange(chosen.shape[0], device=chosen.device) < count, None
 
 
-def _expand(slots: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Shared slots [S] as [Hkv, S] when the selection is per KV head."""
-    return slots if chosen.dim() == 1 else slots[None, :].expand(chosen.shape[1], -1)
-
-
-def _block_positions(chosen: torch.Tensor, bs: int, keep: torch.Tensor | None = None):
-    """Token positions of the chosen logical blocks ([K] or [K, Hkv]), in position order: [K·bs] shared or
-    [Hkv, K·bs] per head; and `keep` (the blocks' mask, if any) per token in the same layout."""
+def _global_blocks(chosen: torch.Tensor, sink_blocks: int, keep: torch.Tensor | None = None):
+    """The logical blocks a window attends besides its local region: the sink blocks, then the chosen ones
+    ([K] shared or [K, Hkv] per head) in position order: [nb] or [Hkv, nb]. And `keep` (the chosen blocks' mask, if
+    any) in the same layout, True for the sinks."""
     chosen, order = chosen.sort(dim=0)
-    offsets = torch.arange(bs, device=chosen.device)
-    if chosen.dim() == 1:
-        keep = None if keep is None else keep[order].repeat_interleave(bs)
-        return (chosen[:, None] * bs + offsets).flatten(), keep
-    keep = None if keep is None else keep[order].T.repeat_interleave(bs, dim=1)
-    return (chosen.T[:, :, None] * bs + offsets).flatten(1), keep
+    sinks = torch.arange(sink_blocks, device=chosen.device)
+    if keep is not None:
+        keep = keep[order]
+    if chosen.dim() == 2:
+        chosen, sinks = chosen.T, sinks.expand(chosen.shape[1], -1)
+        keep = None if keep is None else keep.T
+    if keep is not None:
+        keep = torch.cat([torch.ones_like(sinks, dtype=torch.bool), keep], dim=-1)
+    return torch.cat([sinks, chosen], dim=-1), keep
+
+
+def _block_positions(blocks: torch.Tensor, bs: int) -> torch.Tensor:
+    """Token positions of logical blocks [..., nb] -> [..., nb·bs]."""
+    return (blocks[..., None] * bs + torch.arange(bs, device=blocks.device)).flatten(-2)
 
 
 def _gather(flat: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -202,14 +205,15 @@ def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Ten
     return rotate_by(q, distance - positions, rotary, max(abs(distance - a), abs(distance - b)) + 1)
 
 
-def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_keep, local_slots, pool_local_slots,
-            local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool,
+def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global_keep, local_slots,
+            pool_local_slots, local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool,
             ready=None, tiles: TileCache | None = None, block_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
-    their log-sum-exp: global keys (only those in `global_keep`, when given), local keys before the window, and the
-    window itself (causal). Slots index `k_flat`/`v_flat`; `pool_local_slots` are the local keys' pool slots.
-    With KV tiers, `ready(0)` / `ready(1)` wait for the local / other blocks' copies before they are read. With
-    `tiles` (and the sequence's `block_ids`) the sinks and retrieved blocks are read through that TileCache."""
+    their log-sum-exp: global keys (the sinks and retrieved logical `global_blocks`; only those in `global_keep`,
+    when given), local keys before the window, and the window itself (causal). Slots index `k_flat`/`v_flat`; the
+    global keys are read through `tiles` (with the sequence's `block_ids`) when `global_slots` is None.
+    `pool_local_slots` are the local keys' pool slots. With KV tiers, `ready(0)` / `ready(1)` wait for the local /
+    other blocks' copies before they are read."""
     w, heads, dim = qw.shape
     if ready is not None:
         ready(0)
@@ -231,10 +235,10 @@ def _attend(qw, q_global, a: int, positions, global_pos, global_slots, global_ke
             pieces.append(flash_piece(q_heads, head_major_k[:, :before], head_major_v[:, :before], scale)[:2])
     if ready is not None:
         ready(1)
-    if global_slots.shape[-1]:
-        blocks = global_pos[..., ::ctx.block_size] // ctx.block_size   # sinks and retrieved: whole blocks
+    if global_blocks.shape[-1]:
+        blocks = global_blocks
         bounded = bounded and q_global is not None
-        if tiles is not None and global_keep is None:
+        if global_slots is None:
             per_head = blocks if blocks.dim() == 2 else blocks.expand(k_flat.shape[1], -1)
             load = _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start)
             keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size, load)
