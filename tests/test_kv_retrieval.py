@@ -224,35 +224,44 @@ def test_actqkv_per_kv_head_selection_runs_within_budget(checkpoint, positions):
     assert len(with_shared[0]) == 5
 
 
-@pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "entropy"),
-                                                       ("original", True, "top_p"), ("bounded", False, "top_p")])
-def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
-    """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
-    the blocks the CPU path slices out."""
-    from engine.kv import retrieval_attention as ra
-    torch.manual_seed(0)
-    bs, n, heads, kv_heads, dim, pool = 16, 400, 4, 2, 16, 32
+def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
+    """retrieval_attention (one layer) of a sequence of n random queries, keys and values in a random block pool
+    (block size 16, 4 query heads, 2 KV heads, head_dim 16): the first `prompt` tokens prefilled in one slice,
+    then one token per decode step -> (outputs [n, 4, 16], the sequence's state)."""
+    torch.manual_seed(seed)
+    bs, heads, kv_heads, dim = 16, 4, 2, 16
     blocks = torch.randperm(pool)[: -(-n // bs)]
     slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
     k_flat, v_flat = torch.randn(pool * bs, kv_heads, dim), torch.randn(pool * bs, kv_heads, dim)
     q = torch.randn(n, heads, dim)
     cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
                                  "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
+    ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
+    state = SequenceKVState(kv, 1, q.device)
+    out = [retrieval_attention(q[:prompt], k_flat, v_flat, RetrievalSlice(0, prompt, 0, slots[:prompt], blocks, state),
+                               0, ctx, dim ** -0.5)]
+    for t in range(prompt, n):
+        out.append(retrieval_attention(q[t:t + 1], k_flat, v_flat, RetrievalSlice(t, 1, t, slots[:t + 1], blocks,
+                                                                                  state), 0, ctx, dim ** -0.5))
+    return torch.cat(out), state
+
+
+@pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "entropy"),
+                                                       ("original", True, "top_p"), ("bounded", False, "top_p")])
+def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
+    """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
+    the blocks the CPU path slices out."""
+    from engine.kv import retrieval_attention as ra
     kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions=positions, per_head=per_head,
                   cutoff=cutoff, warmup=32)
     outputs, counts = [], []
     for static in (False, True):
         monkeypatch.setattr(ra, "STATIC_SELECTION", static)
-        ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
-        state = SequenceKVState(kv, 1, q.device)
-        prefill = retrieval_attention(q[:-1], k_flat, v_flat, RetrievalSlice(0, n - 1, 0, slots[:-1], blocks, state),
-                                      0, ctx, dim ** -0.5)
-        decode = retrieval_attention(q[-1:], k_flat, v_flat, RetrievalSlice(n - 1, 1, n - 1, slots, blocks, state),
-                                     0, ctx, dim ** -0.5)
-        outputs.append(torch.cat([prefill, decode]))
+        out, state = one_sequence(kv, n=400, prompt=399, pool=32, seed=0)
+        outputs.append(out)
         counts.append(int(state.blocks_selected[0]))
     assert isinstance(state.blocks_selected[0], torch.Tensor)   # the static path kept the count on the device
-    mean_k = kv.blocks_per_layer(bs)
+    mean_k = kv.blocks_per_layer(16)
     assert counts[0] == counts[1] and 0 < counts[0] <= 2 * mean_k
     assert counts[0] < 2 * mean_k or cutoff == "top_p"   # the mask removed some of the static top-2k
     assert (outputs[0] - outputs[1]).abs().max() < 1e-5
@@ -263,28 +272,13 @@ def test_tile_cache_attends_exactly_what_the_pool_gathers(monkeypatch, positions
     """Reading the sinks and retrieved blocks through the TileCache (kept across steps, un-rotated once) gives the
     same outputs as gathering them from the pool each window; later decode steps hit the cache."""
     from engine.kv import retrieval_attention as ra
-    torch.manual_seed(1)
-    bs, n, heads, kv_heads, dim, pool = 16, 480, 4, 2, 16, 40
-    blocks = torch.randperm(pool)[: -(-n // bs)]
-    slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
-    k_flat, v_flat = torch.randn(pool * bs, kv_heads, dim), torch.randn(pool * bs, kv_heads, dim)
-    q = torch.randn(n, heads, dim)
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
-                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
     kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions=positions, per_head=per_head,
                   warmup=32)
-    prompt = n - 8
     outputs = []
     for cached in (False, True):
         monkeypatch.setattr(ra, "TILE_CACHE", cached)
-        ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
-        state = SequenceKVState(kv, 1, q.device)
-        out = [retrieval_attention(q[:prompt], k_flat, v_flat, RetrievalSlice(0, prompt, 0, slots[:prompt], blocks,
-                                                                              state), 0, ctx, dim ** -0.5)]
-        for t in range(prompt, n):   # decode steps
-            out.append(retrieval_attention(q[t:t + 1], k_flat, v_flat, RetrievalSlice(t, 1, t, slots[:t + 1], blocks,
-                                                                                      state), 0, ctx, dim ** -0.5))
-        outputs.append(torch.cat(out))
+        out, state = one_sequence(kv, n=480, prompt=472, pool=40, seed=1)
+        outputs.append(out)
         tiles = state.tiles[0]
         assert (tiles is not None) == cached
     assert torch.equal(outputs[0], outputs[1])
