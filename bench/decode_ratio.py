@@ -9,11 +9,13 @@ policy alike. Reported per policy: the median over rounds of the round's mean ms
 divided by the batch), the spread (min-max of the round means) and the ratio of medians to `full`; and the same
 for the time inside the attention layers (their q/k/v/o projections included), where the policies differ (the
 rest of a step is the same work for all). Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may carry
-knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax).
+knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax); `tiles=false`
+reads the retrieved blocks from the pool every step instead of through the TileCache (engine/kv/tile_cache.py).
 """
 import argparse
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 from tqdm import tqdm
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from bench.actqkv_knobs import parse_knobs
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
+from engine.kv import retrieval_attention
 from engine.layers.attention import Attention
 
 CHUNK = 2048   # prefill tokens per step
@@ -62,6 +65,17 @@ class AttentionTimer:
         self.seconds += time.perf_counter() - self._start
 
 
+@contextmanager
+def tile_cache(enabled: bool):
+    """Run with the retrieval path's TileCache on or off (the engine's default: on)."""
+    before = retrieval_attention.TILE_CACHE
+    retrieval_attention.TILE_CACHE = enabled
+    try:
+        yield
+    finally:
+        retrieval_attention.TILE_CACHE = before
+
+
 def decode_round(engine, steps: int, batch: int = 1, timer: AttentionTimer | None = None) -> tuple[float, float]:
     """(ms per generated token, of which in attention layers) over `steps` decode steps of `batch` sequences."""
     attention_before = timer.seconds if timer else 0.0
@@ -93,18 +107,21 @@ def main(argv=None):
     model = args.model or bundled_model_dir()
     policies = args.policies.split(",")
     max_tokens = args.rounds * args.steps + 8   # +warm-up
-    engines, prefill_s, timers = {}, {}, {}
+    engines, prefill_s, timers, tiles = {}, {}, {}, {}
     for policy in tqdm(policies, desc="prefill"):
         name, _, knobs = policy.partition(":")
         kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
-        engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
-                                                              args.kv_cache_memory, args.batch)
-        timers[policy] = AttentionTimer(engines[policy]) if engines[policy].runner.device.type == "cpu" else None
-        decode_round(engines[policy], 4)   # warm-up
+        tiles[policy] = kv.pop("tiles", True)
+        with tile_cache(tiles[policy]):
+            engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
+                                                                  args.kv_cache_memory, args.batch)
+            timers[policy] = AttentionTimer(engines[policy]) if engines[policy].runner.device.type == "cpu" else None
+            decode_round(engines[policy], 4)   # warm-up
     rounds, attention = {p: [] for p in policies}, {p: [] for p in policies}
     for _ in tqdm(range(args.rounds), desc="rounds"):
         for policy in policies:
-            total, in_attention = decode_round(engines[policy], args.steps, args.batch, timers[policy])
+            with tile_cache(tiles[policy]):
+                total, in_attention = decode_round(engines[policy], args.steps, args.batch, timers[policy])
             rounds[policy].append(total)
             attention[policy].append(in_attention)
     medians = {p: statistics.median(v) for p, v in rounds.items()}

@@ -30,3 +30,17 @@ def test_every_request_of_a_batch_is_still_decoding_after_the_rounds():
     for _ in range(6):
         engine.step()
     assert len(engine.scheduler.running) == 3
+
+
+def test_tiles_false_reads_the_retrieved_blocks_without_the_tile_cache(monkeypatch):
+    from engine.kv import retrieval_attention
+    from engine.kv.tile_cache import TileCache
+    calls = []
+    gather = TileCache.gather
+    monkeypatch.setattr(TileCache, "gather", lambda self, *a: calls.append(1) or gather(self, *a))
+    for policy, used in (("actqkv:tiles=false", False), ("actqkv", True)):
+        calls.clear()
+        rows = decode_ratio.main(["--length", "1024", "--policies", policy, "--budget", "704", "--rounds", "1",
+                                  "--steps", "2", "--kv-cache-memory", "256MiB"])
+        assert rows[0]["policy"] == policy and bool(calls) == used
+        assert retrieval_attention.TILE_CACHE   # restored
