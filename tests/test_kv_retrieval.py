@@ -293,7 +293,7 @@ def test_tile_cache_keeps_the_recently_used_tiles():
         loads.append(sorted(zip(blocks.tolist(), heads.tolist())))
         value = (blocks * 10 + heads).float()[:, None, None].expand(-1, 2, 3)
         return value, -value
-    cache = TileCache(capacity=6, block_size=2, head_dim=3, kv_heads=2, device=torch.device("cpu"))
+    cache = TileCache(capacity=6, block_size=2, head_dim=3, device=torch.device("cpu"))
     k, v = cache.gather(torch.tensor([[0, 5], [0, 7]]), 8, load)                # 4 tiles, all missing
     assert k.shape == (2, 4, 3) and k[1, 2:, 0].tolist() == [71.0, 71.0] and torch.equal(v, -k)
     cache.gather(torch.tensor([[0, 6], [0, 6]]), 8, load)                       # (6, h) new: slots 5, 6 filled

@@ -179,7 +179,7 @@ def _tiles(item: RetrievalSlice, layer: int, k_flat: torch.Tensor, bs: int) -> T
     if tiles is None:
         cfg, kv_heads = item.state.config, k_flat.shape[1]
         capacity = kv_heads * (cfg.sink_tokens(bs) // bs + 3 * cfg.blocks_per_layer(bs))  # a window needs <= 2·k
-        tiles = item.state.tiles[layer] = TileCache(capacity, bs, k_flat.shape[-1], kv_heads, k_flat.device)
+        tiles = item.state.tiles[layer] = TileCache(capacity, bs, k_flat.shape[-1], k_flat.device)
     return tiles
 
 
@@ -236,16 +236,16 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
     if ready is not None:
         ready(1)
     if global_blocks.shape[-1]:
-        blocks = global_blocks
         bounded = bounded and q_global is not None
         if global_slots is None:
-            per_head = blocks if blocks.dim() == 2 else blocks.expand(k_flat.shape[1], -1)
+            per_head = global_blocks if global_blocks.dim() == 2 else global_blocks.expand(k_flat.shape[1], -1)
             load = _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start)
             keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size, load)
         else:
             keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
             if bounded:
-                keys_global = unrotate_blocks(keys_global, blocks, ctx.block_size, ctx.rotary, local_start)  # pre-RoPE
+                keys_global = unrotate_blocks(keys_global, global_blocks, ctx.block_size, ctx.rotary,
+                                              local_start)   # pre-RoPE
             values_global = _gather(v_flat, global_slots).float()
             if global_slots.dim() == 1:
                 keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)

@@ -21,8 +21,8 @@ Loader = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 class TileCache:
     """One request's and layer's tiles; `gather` returns those of the blocks a window attends to."""
 
-    def __init__(self, capacity: int, block_size: int, head_dim: int, kv_heads: int, device: torch.device):
-        self.capacity, self.kv_heads = capacity, kv_heads
+    def __init__(self, capacity: int, block_size: int, head_dim: int, device: torch.device):
+        self.capacity = capacity
         self.k = torch.empty(capacity, block_size, head_dim, device=device)
         self.v = torch.empty(capacity, block_size, head_dim, device=device)
         self.slot_of = torch.full((0,), -1, dtype=torch.long, device=device)   # block·Hkv + head -> slot, or -1
