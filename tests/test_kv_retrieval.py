@@ -285,6 +285,14 @@ def test_tile_cache_attends_exactly_what_the_pool_gathers(monkeypatch, positions
     assert tiles.hits > tiles.misses > 0
 
 
+def test_tile_cache_is_not_used_for_rows_larger_than_its_limit(monkeypatch):
+    from engine.kv import retrieval_attention as ra
+    kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions="bounded", warmup=32)
+    monkeypatch.setattr(ra, "TILE_MAX_ROW_BYTES", 32)   # a row here: head_dim 16 × 4 bytes
+    _, state = one_sequence(kv, n=480, prompt=472, pool=40, seed=1)
+    assert state.tiles == [None]
+
+
 def test_tile_cache_keeps_the_recently_used_tiles():
     from engine.kv.tile_cache import TileCache
     loads = []

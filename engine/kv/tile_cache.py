@@ -9,6 +9,7 @@ before), so the cache keeps tiles across steps, least recently used out first, a
 contiguous rows. Only the missing tiles are gathered from the pool and un-rotated.
 
 CPU only: finding the missing tiles reads them on the host, a sync on CUDA (where the gathers are cheap anyway).
+Used for small rows only (engine.kv.retrieval_attention.TILE_MAX_ROW_BYTES): larger rows gather efficiently.
 Memory per request and layer: `capacity` tiles of keys and values, e.g. 4.4 MB on the demo model's shape.
 """
 from typing import Callable
