@@ -51,8 +51,9 @@ def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
     wa, wb = (load_file(str(tmp_path / x / "model.safetensors")) for x in "ab")
     assert a["step"] == b["step"] == 4
     assert all((wa[name] == wb[name]).all() for name in wa)
-    c = train(tmp_path / "a", "--steps", "7", "--resume", "--own-curriculum", "multikey")
+    c = train(tmp_path / "a", "--steps", "7", "--resume", "--own-curriculum", "multikey", "--stage", "1")
     assert c["step"] == 7 and c["task_stage"] == {"multikey": 0}
+    assert c["stage"] == 1 and c["stages"][-1] == {"step": 4, "elapsed_s": c["stages"][-1]["elapsed_s"], "max_len": 128}
     wc = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert any((wa[name] != wc[name]).any() for name in wa)
 

@@ -264,6 +264,9 @@ def main(argv=None):
     parser.add_argument("--own-curriculum", default="",
                         help="comma-separated tasks (e.g. multikey,kv_retrieval) whose maximum length starts at the "
                              "first stage's and doubles only when their own exact-answer rate passes --advance-at")
+    parser.add_argument("--stage", type=int, default=None,
+                        help="start (or resume) the main curriculum at this stage: maximum length "
+                             "lengths[stage] (0: the shortest); the tasks on their own curriculum keep theirs")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
@@ -322,6 +325,12 @@ def main(argv=None):
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
     parallel = ParallelBatcher(tokenizer, args.seed, args.workers, args.mix) if args.workers else None
+    if args.stage is not None and args.stage != record["stage"]:
+        if not 0 <= args.stage < len(size["lengths"]):
+            parser.error(f"--stage must be 0..{len(size['lengths']) - 1}")
+        record["stage"] = args.stage
+        record["stages"].append({"step": record["step"], "elapsed_s": round(record["elapsed_s"], 1),
+                                 "max_len": size["lengths"][args.stage]})
     record.setdefault("runs", []).append({"command": command, "from_step": record["step"]})  # every (re)start
     own = record.setdefault("task_stage", {})
     for task in filter(None, args.own_curriculum.split(",")):
