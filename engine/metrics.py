@@ -79,10 +79,17 @@ class EngineMetrics:
                                     "cache (--kv-offload), summed over layers.")
         self.cache_hit_rate = Gauge("actserve:kv_device_cache_hit_rate", "Hits / lookups of the device KV cache "
                                     "since start (--kv-offload).", ["model_name"], registry=self.registry)
+        self.tile_hits = counter("kv_tile_cache_hits", "Tiles (one KV head of one retrieved block) read from the "
+                                 "requests' tile caches (CPU), summed over layers.")
+        self.tile_misses = counter("kv_tile_cache_misses", "Tiles loaded from the KV pool into the requests' tile "
+                                   "caches (CPU), summed over layers.")
+        self.tile_hit_rate = Gauge("actserve:kv_tile_cache_hit_rate", "Hits / lookups of the requests' tile caches "
+                                   "since start (CPU).", ["model_name"], registry=self.registry)
         self._requests: dict[str, _RequestState] = {}
         self._preemptions_seen = 0
         self._memory_rows_seen = 0
         self._cache_seen = (0, 0)
+        self._tiles_seen = (0, 0)
 
     def on_step(self, engine, outputs, step_seconds):
         """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
@@ -117,12 +124,19 @@ class EngineMetrics:
         if rows > self._memory_rows_seen:
             self.memory_rows.inc(rows - self._memory_rows_seen)
             self._memory_rows_seen = rows
-        hits, misses = runner.device_cache_counts()
-        if (hits, misses) != self._cache_seen:
-            self.cache_hits.inc(hits - self._cache_seen[0])
-            self.cache_misses.inc(misses - self._cache_seen[1])
-            self.cache_hit_rate.labels(self.model_name).set(hits / (hits + misses))
-            self._cache_seen = (hits, misses)
+        self._cache_seen = self._count_cache(runner.device_cache_counts(), self._cache_seen, self.cache_hits,
+                                             self.cache_misses, self.cache_hit_rate)
+        self._tiles_seen = self._count_cache(runner.tile_cache_counts(), self._tiles_seen, self.tile_hits,
+                                             self.tile_misses, self.tile_hit_rate)
+
+    def _count_cache(self, counts, seen, hits_counter, misses_counter, rate) -> tuple[int, int]:
+        """Advance a cache's hit and miss counters to `counts` (hits, misses since start) from `seen`."""
+        hits, misses = counts
+        if (hits, misses) != seen:
+            hits_counter.inc(hits - seen[0])
+            misses_counter.inc(misses - seen[1])
+            rate.labels(self.model_name).set(hits / (hits + misses))
+        return hits, misses
 
     def _on_output(self, out, now: float):
         state = self._requests.get(out.request_id)

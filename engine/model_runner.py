@@ -57,6 +57,7 @@ class ModelRunner:
         self.received = received_attention(model_config.num_hidden_layers, self.num_blocks * self.block_size,
                                            model_config.num_key_value_heads, self.device)
         self.kv_states: dict[int, SequenceKVState] = {}
+        self._retired_tiles = [0, 0]   # TileCache hits and misses of the sequences already released
         self.sparsity = SparsityContext()
         self.gather_buffers = GatherBuffers(reuse=self.device.type == "cpu")
         if self.device.type == "cpu":
@@ -90,6 +91,19 @@ class ModelRunner:
         if self.kv_tiers is None:
             return None
         return offload_problem(kv, self.block_size, self.kv_tiers[0].capacity, self.model_config.num_key_value_heads)
+
+    def tile_cache_counts(self) -> tuple[int, int]:
+        """TileCache (hits, misses) of every retrieval sequence since start (engine.kv.tile_cache; CPU)."""
+        live = [t for state in self.kv_states.values() for t in state.tiles if t is not None]
+        return (self._retired_tiles[0] + sum(t.hits for t in live),
+                self._retired_tiles[1] + sum(t.misses for t in live))
+
+    def _retire(self, state: SequenceKVState | None):
+        """Keep the counts of a state that is dropped."""
+        for tiles in state.tiles if state is not None else []:
+            if tiles is not None:
+                self._retired_tiles[0] += tiles.hits
+                self._retired_tiles[1] += tiles.misses
 
     def device_cache_counts(self) -> tuple[int, int]:
         """Device KV cache (hits, misses) summed over layers, since start; (0, 0) without tiers."""
@@ -148,13 +162,14 @@ class ModelRunner:
 
     def release(self, seq):
         """Forget a finished or aborted sequence's retrieval state."""
-        self.kv_states.pop(seq.seq_id, None)
+        self._retire(self.kv_states.pop(seq.seq_id, None))
 
     def _retrieval_state(self, seq) -> SequenceKVState | None:
         kv = seq.request.kv_config
         if kv is None or kv.policy == "full":
             return None
         if seq.num_computed_tokens == 0 or seq.seq_id not in self.kv_states:  # new, or recomputed after preemption
+            self._retire(self.kv_states.get(seq.seq_id))
             state = SequenceKVState(kv, self.model_config.num_hidden_layers, self.device)
             if kv.policy == "actqkv" and kv.question_ids and kv.question_weight > 0:
                 state.question = question_vectors(self.model, list(kv.question_ids), kv.local,

@@ -99,3 +99,23 @@ def test_metrics_report_the_device_cache_hit_rate(engines):
     assert samples["actserve:kv_device_cache_hits_total"] == hits > 0
     assert samples["actserve:kv_device_cache_misses_total"] == misses > 0
     assert samples["actserve:kv_device_cache_hit_rate"] == pytest.approx(hits / (hits + misses))
+
+
+def test_metrics_report_the_tile_cache_hit_rate(engines):
+    """The one-tier engine (CPU, 64-byte KV head rows) reads retrieved blocks through the requests' tile caches;
+    their counts outlive the finished requests."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from engine.metrics import EngineMetrics
+    one_tier, _ = engines
+    metrics = EngineMetrics("m", CollectorRegistry())
+    before = one_tier.engine.runner.tile_cache_counts()
+    generate(one_tier, policy="actqkv")
+    hits, misses = one_tier.engine.runner.tile_cache_counts()
+    assert not one_tier.engine.runner.kv_states and hits > before[0] and misses > before[1]
+    metrics.on_step(one_tier.engine, [], 0.01)
+    samples = {s.name: s.value for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+               for s in f.samples}
+    assert samples["actserve:kv_tile_cache_hits_total"] == hits
+    assert samples["actserve:kv_tile_cache_misses_total"] == misses
+    assert samples["actserve:kv_tile_cache_hit_rate"] == pytest.approx(hits / (hits + misses))
