@@ -27,6 +27,21 @@ class _RequestState:
         self.last_time = [0.0] * n
 
 
+class CacheCounts:
+    """A cache's hit and miss counters and hit-rate gauge, advanced from its counts since start."""
+
+    def __init__(self, hits, misses, rate):
+        self.hits, self.misses, self.rate = hits, misses, rate
+        self.seen = (0, 0)
+
+    def advance(self, hits: int, misses: int):
+        if (hits, misses) != self.seen:
+            self.hits.inc(hits - self.seen[0])
+            self.misses.inc(misses - self.seen[1])
+            self.rate.set(hits / (hits + misses))
+            self.seen = (hits, misses)
+
+
 class EngineMetrics:
     """Pass `metrics.on_step` to `AsyncLLM(step_listeners=[...])`; expose `registry` at `/metrics`."""
 
@@ -73,23 +88,21 @@ class EngineMetrics:
         self.mlp_active = Gauge("actserve:mlp_active_fraction", "Fraction of MLP activations computed by sparse "
                                 "decode steps, per layer (since start).", layered, registry=self.registry)
         self.memory_rows = counter("memory_rows_read", "Memory-layer value rows read.")
-        self.cache_hits = counter("kv_device_cache_hits", "KV blocks found in the device cache (--kv-offload), "
-                                  "summed over layers.")
-        self.cache_misses = counter("kv_device_cache_misses", "KV blocks copied from host memory into the device "
-                                    "cache (--kv-offload), summed over layers.")
-        self.cache_hit_rate = Gauge("actserve:kv_device_cache_hit_rate", "Hits / lookups of the device KV cache "
-                                    "since start (--kv-offload).", ["model_name"], registry=self.registry)
-        self.tile_hits = counter("kv_tile_cache_hits", "Tiles (one KV head of one retrieved block) read from the "
-                                 "requests' tile caches (CPU), summed over layers.")
-        self.tile_misses = counter("kv_tile_cache_misses", "Tiles loaded from the KV pool into the requests' tile "
-                                   "caches (CPU), summed over layers.")
-        self.tile_hit_rate = Gauge("actserve:kv_tile_cache_hit_rate", "Hits / lookups of the requests' tile caches "
-                                   "since start (CPU).", ["model_name"], registry=self.registry)
+
+        def cache(name, hits_doc, misses_doc, what):
+            rate = Gauge(f"actserve:{name}_hit_rate", f"Hits / lookups of {what} since start.", ["model_name"],
+                         registry=self.registry).labels(model_name)
+            return CacheCounts(counter(f"{name}_hits", hits_doc), counter(f"{name}_misses", misses_doc), rate)
+
+        self.device_cache = cache("kv_device_cache", "KV blocks found in the device cache (--kv-offload), summed over "
+                                  "layers.", "KV blocks copied from host memory into the device cache "
+                                  "(--kv-offload), summed over layers.", "the device KV cache (--kv-offload)")
+        self.tile_cache = cache("kv_tile_cache", "Tiles (one KV head of one retrieved block) read from the requests' "
+                                "tile caches (CPU), summed over layers.", "Tiles loaded from the KV pool into the "
+                                "requests' tile caches (CPU), summed over layers.", "the requests' tile caches (CPU)")
         self._requests: dict[str, _RequestState] = {}
         self._preemptions_seen = 0
         self._memory_rows_seen = 0
-        self._cache_seen = (0, 0)
-        self._tiles_seen = (0, 0)
 
     def on_step(self, engine, outputs, step_seconds):
         """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
@@ -124,19 +137,8 @@ class EngineMetrics:
         if rows > self._memory_rows_seen:
             self.memory_rows.inc(rows - self._memory_rows_seen)
             self._memory_rows_seen = rows
-        self._cache_seen = self._count_cache(runner.device_cache_counts(), self._cache_seen, self.cache_hits,
-                                             self.cache_misses, self.cache_hit_rate)
-        self._tiles_seen = self._count_cache(runner.tile_cache_counts(), self._tiles_seen, self.tile_hits,
-                                             self.tile_misses, self.tile_hit_rate)
-
-    def _count_cache(self, counts, seen, hits_counter, misses_counter, rate) -> tuple[int, int]:
-        """Advance a cache's hit and miss counters to `counts` (hits, misses since start) from `seen`."""
-        hits, misses = counts
-        if (hits, misses) != seen:
-            hits_counter.inc(hits - seen[0])
-            misses_counter.inc(misses - seen[1])
-            rate.labels(self.model_name).set(hits / (hits + misses))
-        return hits, misses
+        self.device_cache.advance(*runner.device_cache_counts())
+        self.tile_cache.advance(*runner.tile_cache_counts())
 
     def _on_output(self, out, now: float):
         state = self._requests.get(out.request_id)
