@@ -80,7 +80,7 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
     import random
     import torch
     from engine.demo.tokenizer import train_tokenizer
-    from engine.demo.train import Batcher, ParallelBatcher
+    from engine.demo.batches import Batcher, ParallelBatcher
     tok = train_tokenizer(512, samples=20)
     parallel = ParallelBatcher(tok, seed=5, workers=2)
     try:
@@ -100,7 +100,7 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
 def test_a_task_on_its_own_curriculum_keeps_its_shorter_lengths():
     import random
     from engine.demo.tokenizer import train_tokenizer
-    from engine.demo.train import Batcher
+    from engine.demo.batches import Batcher
     tok = train_tokenizer(512, samples=20)
 
     def row_lengths(caps):
@@ -117,7 +117,7 @@ def test_a_task_on_its_own_curriculum_keeps_its_shorter_lengths():
 
 def test_the_task_mix_decides_which_tasks_a_batch_holds():
     from engine.demo.tokenizer import train_tokenizer
-    from engine.demo.train import Batcher, parse_mix
+    from engine.demo.batches import Batcher, parse_mix
     tok = train_tokenizer(512, samples=20)
     _, _, _, tasks = Batcher(tok, 0, parse_mix("passkey=3,filler=1")).batch(128, 8000)
     assert set(tasks) == {"passkey", "filler"} and tasks.count("passkey") > tasks.count("filler")

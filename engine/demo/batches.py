@@ -1,0 +1,122 @@
+"""Training batches of the demo model: the task mix, rows generated on the fly (engine.demo.tasks) and tokenized,
+padded into batches of one length bucket; optionally made ahead by worker processes."""
+import argparse
+import atexit
+import random
+
+import torch
+
+from engine.demo.tasks import facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
+
+TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.2), ("facts", 0.1),
+            ("filler", 0.1)]   # facts: a fixed table only parametric memory can answer (the memory layers' job)
+FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
+FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
+REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
+GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
+
+
+def parse_mix(text: str) -> list[tuple[str, float]]:
+    """'passkey=0.5,filler=0.5' -> [("passkey", 0.5), ("filler", 0.5)]: the tasks of a batch and their weights."""
+    known = [t for t, _ in TASK_MIX]
+    mix = []
+    for part in filter(None, text.split(",")):
+        task, _, weight = part.partition("=")
+        if task not in known or not weight:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT with TASK one of {', '.join(known)}")
+        mix.append((task, float(weight)))
+    if not mix or sum(w for _, w in mix) <= 0:
+        raise argparse.ArgumentTypeError("the mix needs a task of positive weight")
+    return mix
+
+
+class Batcher:
+    """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
+
+    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None):
+        self.tok = tokenizer
+        self.rng = random.Random(seed)
+        self.mix = mix or TASK_MIX
+        self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+    def sample(self, length: int, caps: dict[str, int] | None = None):
+        task = self.rng.choices([t for t, _ in self.mix], [w for _, w in self.mix])[0]
+        cap = (caps or {}).get(task)
+        if cap is not None and length > cap:   # a task on its own curriculum: its own range of lengths
+            length = self.rng.randint(max(32, cap // 4), cap)
+        if task == "filler":
+            ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
+            return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
+        if task == "repeat":
+            first, again = repeated_text(self.rng, length, self.count)
+            head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
+            return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
+        extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
+        sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
+        ids = self.tok.encode(sample.prompt)
+        is_answer = [False] * len(ids)
+        for question, answer in [(None, sample.answer)] + sample.followups:
+            q = self.tok.encode(question, add_special_tokens=False) if question else []
+            a = self.tok.encode(answer, add_special_tokens=False)
+            ids += q + a
+            is_answer += [False] * len(q) + [True] * len(a)
+        ids.append(self.tok.eos_token_id)
+        is_answer.append(True)
+        return task, ids, [float(a) for a in is_answer], is_answer
+
+    def batch(self, max_len: int, tokens: int, caps: dict[str, int] | None = None):
+        """A batch of about `tokens` tokens; `caps`: the lower maximum lengths of tasks on their own curriculum."""
+        length = self.rng.randint(max(32, max_len // 4), max_len)
+        rows = [self.sample(length, caps) for _ in range(max(1, tokens // length))]
+        width = max(len(r[1]) for r in rows)
+        ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
+        weights = torch.zeros(len(rows), width)
+        answers = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (_, r_ids, r_w, r_a) in enumerate(rows):
+            ids[i, :len(r_ids)] = torch.tensor(r_ids)
+            weights[i, :len(r_w)] = torch.tensor(r_w)
+            answers[i, :len(r_a)] = torch.tensor(r_a)
+        return ids, weights, answers, [r[0] for r in rows]
+
+
+class ParallelBatcher:
+    """Batches made ahead by worker processes (a GPU outruns one process generating and tokenizing the data).
+    Batch i is generated from its own seed (`seed`-`i`); batches made ahead for a length bucket that the
+    curriculum has since left are made again. A run is reproducible whatever the number of workers."""
+
+    def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(tokenizer, mix))
+        self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
+        atexit.register(self.close)   # also when training stops on an exception
+
+    def batch(self, step: int, max_len: int, tokens: int, caps: dict[str, int] | None = None):
+        shape = (max_len, tokens, tuple(sorted((caps or {}).items())))
+        for _, made_for, future in self.pending:
+            if made_for != shape:
+                future.cancel()
+        self.pending = [p for p in self.pending if p[1] == shape and p[0] >= step]
+        while len(self.pending) < self.depth:
+            i = self.pending[-1][0] + 1 if self.pending else step
+            self.pending.append((i, shape, self.pool.submit(_make_batch, f"{self.seed}-{i}", max_len, tokens, caps)))
+        return self.pending.pop(0)[2].result(timeout=600)
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+_worker_batcher: Batcher | None = None
+
+
+def _init_worker(tokenizer, mix):
+    global _worker_batcher
+    torch.set_num_threads(1)
+    _worker_batcher = Batcher(tokenizer, 0, mix)
+
+
+def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):
+    _worker_batcher.rng.seed(seed)
+    return _worker_batcher.batch(max_len, tokens, caps)
