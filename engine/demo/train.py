@@ -8,10 +8,10 @@
 Data are generated on the fly (engine.demo.batches, from engine.demo.tasks): passkey, multi-key needle and
 key-value retrieval prompts whose answer tokens carry the loss, plus filler sentences trained as plain language
 modelling. A length curriculum starts at short contexts and doubles the maximum length whenever the answer-token
-accuracy of the current stage passes
-`--advance-at`; each batch mixes lengths between a quarter of the current maximum and the maximum. Tasks named in
-`--own-curriculum` keep their own, lower maximum, doubled only by their own exact-answer rate, so that a task the
-model has not learned yet (multi-key needles) stays at lengths where it can be learned while the others move on.
+accuracy of the current stage passes `--advance-at`; each batch mixes lengths between a quarter of the current
+maximum and the maximum. Tasks named in `--own-curriculum` keep their own, lower maximum, doubled only by their own
+exact-answer rate, so that a task the model has not learned yet (multi-key needles) stays at lengths where it can
+be learned while the others move on.
 """
 import argparse
 import json
