@@ -10,7 +10,8 @@ contiguous rows. Only the missing tiles are gathered from the pool and un-rotate
 
 CPU only: finding the missing tiles reads them on the host, a sync on CUDA (where the gathers are cheap anyway).
 Used for small rows only (engine.kv.retrieval_attention.TILE_MAX_ROW_BYTES): larger rows gather efficiently.
-Memory per request and layer: `capacity` tiles of keys and values, e.g. 4.4 MB on the demo model's shape.
+Memory per request and layer: `capacity` tiles of keys and values, e.g. 4.4 MB on the demo model's shape, taken
+at the first window that retrieves (a request shorter than its sinks and local window takes none).
 """
 from typing import Callable
 
@@ -23,9 +24,8 @@ class TileCache:
     """One request's and layer's tiles; `gather` returns those of the blocks a window attends to."""
 
     def __init__(self, capacity: int, block_size: int, head_dim: int, device: torch.device):
-        self.capacity = capacity
-        self.k = torch.empty(capacity, block_size, head_dim, device=device)
-        self.v = torch.empty(capacity, block_size, head_dim, device=device)
+        self.capacity, self.tile_shape = capacity, (block_size, head_dim)
+        self.k = self.v = None   # [capacity, block_size, head_dim] each, from the first window that needs a tile
         self.slot_of = torch.full((0,), -1, dtype=torch.long, device=device)   # block·Hkv + head -> slot, or -1
         self.owner = torch.full((capacity,), -1, dtype=torch.long, device=device)   # slot -> block·Hkv + head
         self.last_used = torch.zeros(capacity, dtype=torch.long, device=device)   # step count; 0: never used
@@ -50,8 +50,11 @@ class TileCache:
         count = int(missing.sum())
         self.misses += count
         self.hits += keys.shape[0] - count
+        self.last_used[slots[~missing] if count else slots] = self.clock   # hits are not evicted for misses
         if count:
-            self.last_used[slots[~missing]] = self.clock   # the hits are not evicted for the misses
+            if self.k is None:
+                self.k = torch.empty(self.capacity, *self.tile_shape, device=slots.device)
+                self.v = torch.empty_like(self.k)
             free = self.last_used.topk(count, largest=False).indices
             evicted = self.owner[free]
             self.slot_of[evicted[evicted >= 0]] = -1
@@ -61,7 +64,7 @@ class TileCache:
             k_new, v_new = load(wanted % kv_heads, wanted // kv_heads)
             self.k.index_copy_(0, free, k_new.float())
             self.v.index_copy_(0, free, v_new.float())
+            self.last_used[free] = self.clock
             slots = slots.masked_scatter(missing, free)
-        self.last_used[slots] = self.clock
         shape = (kv_heads, -1, self.k.shape[-1])
         return self.k.index_select(0, slots).view(shape), self.v.index_select(0, slots).view(shape)
