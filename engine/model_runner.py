@@ -14,6 +14,7 @@ from engine.kv.summaries import received_attention
 from engine.kv.tiers import DeviceBlockCache, blocks_needed, offload_problem
 from engine import calibrate
 from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
+from engine.layers.context_runs import context_runs
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.mlp import GatedMLP
 from engine.layers.sparse_mlp import DEFAULT_MAX_DENSITY, SparsePlan, SparsityContext, parse_sparsity
@@ -181,7 +182,8 @@ class ModelRunner:
         bs, dev = self.block_size, self.device
         window = self.model_config.sliding_window
         ids, positions, slots, sample_rows, prefills, retrieval = [], [], [], [], [], []
-        decode_rows, decode_slots, decode_lens = [], [], []
+        decode_rows, decode_slots, decode_lens, decode_in_place = [], [], [], []
+        on_cpu = dev.type == "cpu"
         for item in batch:
             seq, n = item.seq, item.num_new_tokens
             start, row = seq.num_computed_tokens, len(ids)
@@ -198,23 +200,29 @@ class ModelRunner:
                                                 prefilling=start < seq.num_prompt_tokens,
                                                 block_table=list(seq.block_table)))
                 continue
+            # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
+            whole_context = window is None or window >= start + n
             if n == 1:
+                context = context_runs(seq.block_table, start + 1, bs) if on_cpu and whole_context else None
+                if context is not None:
+                    decode_in_place.append((row, context))
+                    continue
                 decode_rows.append(row)
                 decode_slots.append(all_slots)
                 decode_lens.append(start + 1)
                 continue
-            # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
-            whole_context = window is None or window >= start + n
+            in_pieces = whole_context and (start == 0 or on_cpu)
             prefills.append(PrefillSlice(
                 q_start=row, q_len=n, ctx_start=start,
                 kv_slots=None if start == 0 else all_slots.to(dev),
-                mask=None if whole_context and (start == 0 or dev.type == "cpu")
-                else causal_mask(start, n, window).to(dev)))
+                mask=None if in_pieces else causal_mask(start, n, window).to(dev),
+                context=context_runs(seq.block_table, start, bs) if in_pieces and start else None))
         slot_mapping = torch.cat(slots)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(dev), prefills=prefills,
             decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
-            **self._decode_tensors(decode_slots, decode_lens, window), retrieval=retrieval,
+            **self._decode_tensors(decode_slots, decode_lens, window), decode_in_place=decode_in_place,
+            retrieval=retrieval,
             retrieval_context=RetrievalContext(self.received, self.model.model.rotary_emb, bs, self.kv_tiers)
             if retrieval else None,
             slot_mapping_host=slot_mapping.tolist() if self.kv_tiers is not None else None, kv_tiers=self.kv_tiers,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from engine.layers.attention import Attention
 from engine.layers.attention_pieces import flash_piece, merge_pieces, softmax_with_lse
+from engine.layers.context_runs import ContextRuns, context_pieces
 from engine.layers.gather_buffers import GatherBuffers
 
 
@@ -40,13 +41,16 @@ def test_pieces_merge_to_attention_over_their_union(masked):
     assert (out - ref).abs().max() < 1e-5
 
 
-def test_prefill_after_context_equals_the_masked_attention():
+@pytest.mark.parametrize("context", [ContextRuns([(0, 45)], None), ContextRuns([(20, 25)], torch.arange(20))],
+                         ids=["one-run", "run-and-gathered"])
+def test_prefill_after_context_equals_the_masked_attention(context):
     torch.manual_seed(2)
     attn = Attention(hidden=64, heads=4, kv_heads=2, head_dim=16)
     ctx, t = 45, 12
     q = torch.randn(t, 4, 16)
     keys, values = torch.randn(ctx + t, 2, 16), torch.randn(ctx + t, 2, 16)
-    got = attn._attend_after_context(q, keys[:ctx], values[:ctx], keys[ctx:], values[ctx:])
+    pieces = context_pieces(q.transpose(0, 1)[None], keys, values, context, GatherBuffers(), attn.scale)
+    got = attn._attend_after_context(q, pieces, keys[ctx:], values[ctx:])
     visible = torch.ones(t, ctx + t, dtype=torch.bool).tril(ctx)
     ref = attn._attend(q[None], keys[None], values[None], visible)[0]
     assert (got - ref).abs().max() < 1e-5
@@ -67,7 +71,9 @@ def test_prefill_after_context_in_bf16():
     torch.manual_seed(3)
     attn = Attention(hidden=64, heads=4, kv_heads=2, head_dim=16)
     q, keys, values = (torch.randn(n, h, 16, dtype=torch.bfloat16) for n, h in ((8, 4), (40, 2), (40, 2)))
-    got = attn._attend_after_context(q, keys[:32], values[:32], keys[32:], values[32:])
+    pieces = context_pieces(q.transpose(0, 1)[None], keys, values, ContextRuns([(0, 32)], None), GatherBuffers(),
+                            attn.scale)
+    got = attn._attend_after_context(q, pieces, keys[32:], values[32:])
     ref = attn._attend(q[None].float(), keys[None].float(), values[None].float(),
                        torch.ones(8, 40, dtype=torch.bool).tril(32))[0]
     assert got.dtype == torch.bfloat16 and (got.float() - ref).abs().max() < 2e-2

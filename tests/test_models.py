@@ -21,12 +21,13 @@ def reference(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def our_logits(path, ids, chunk=None):
-    """Logits for every position of `ids`, prefilled in chunks of `chunk` tokens through the paged cache."""
+def our_logits(path, ids, chunk=None, block_table=None):
+    """Logits for every position of `ids`, prefilled in chunks of `chunk` tokens through the paged cache (blocks of
+    8 tokens; by default in descending block order, so that no two blocks are consecutive)."""
     cfg = EngineConfig(model=path, num_kv_blocks=32, block_size=8)
     runner = ModelRunner(cfg, ModelConfig.from_dir(path))
     seq = Sequence(0, Request("r", None, ids, SamplingParams()), 0, torch.Generator(), None)
-    seq.block_table = list(range(runner.num_blocks - 1, -1, -1))[: -(-len(ids) // 8)]
+    seq.block_table = (block_table or list(range(runner.num_blocks - 1, -1, -1)))[: -(-len(ids) // 8)]
     out, chunk = [], chunk or len(ids)
     while seq.num_computed_tokens < len(ids):
         n = min(chunk, len(ids) - seq.num_computed_tokens)

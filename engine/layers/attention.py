@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
 from engine.layers.attention_pieces import flash_piece, merge_pieces
+from engine.layers.context_runs import ContextRuns, context_pieces
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.rotary import apply_rotary
 
@@ -23,6 +24,7 @@ class PrefillSlice:
     ctx_start: int                   # tokens already in the cache before this chunk
     kv_slots: torch.Tensor | None    # cache slots of all ctx_start + q_len keys; None if ctx_start == 0
     mask: torch.Tensor | None        # [q_len, ctx_start + q_len] bool; None: causal, every cached key visible
+    context: ContextRuns | None = None   # CPU, mask None: the cached context read in place where it is contiguous
 
 
 @dataclass
@@ -32,6 +34,7 @@ class AttentionMetadata:
     decode_rows: torch.Tensor        # [B] row of each decode token in the flattened batch
     decode_slots: torch.Tensor       # [B, L] cache slots of each decode's keys, padded
     decode_mask: torch.Tensor | None  # [B, 1, 1, L] bool; None when no key is padding or out of the window
+    decode_in_place: list[tuple[int, ContextRuns]] = field(default_factory=list)   # (row, keys) of long decodes (CPU)
     retrieval: list[RetrievalSlice] = field(default_factory=list)   # sequences under a KV selection policy
     retrieval_context: RetrievalContext | None = None
     slot_mapping_host: list[int] | None = None   # slot_mapping on the host (KV tiers)
@@ -85,8 +88,8 @@ class Attention(torch.nn.Module):
             if p.kv_slots is None:   # a first chunk: its own keys
                 out[rows] = self._attend(q[rows][None], k[rows][None], v[rows][None], p.mask)[0]
             elif p.mask is None:     # every cached key visible (CPU): [context | chunk] pieces
-                keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, p.kv_slots[:p.ctx_start])
-                out[rows] = self._attend_after_context(q[rows], keys, values, k[rows], v[rows])
+                out[rows] = self._attend_after_context(q[rows], self._context(q[rows], p, k_flat, v_flat, meta),
+                                                       k[rows], v[rows])
             else:
                 keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, p.kv_slots)
                 out[rows] = self._attend(q[rows][None], keys[None], values[None], p.mask)[0]
@@ -97,6 +100,10 @@ class Attention(torch.nn.Module):
         if meta.decode_rows.numel():
             keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, meta.decode_slots)
             out[meta.decode_rows] = self._attend_decode(q[meta.decode_rows], keys, values, meta.decode_mask)
+        for row, context in meta.decode_in_place:
+            q_heads = q[row][None, :, None]
+            pieces = context_pieces(q_heads, k_flat, v_flat, context, meta.gather_buffers, self.scale)
+            out[row] = merge_pieces(pieces)[0][0, :, 0].to(q.dtype)
         return self.o_proj(out.view(n, -1))
 
     def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
@@ -115,13 +122,21 @@ class Attention(torch.nn.Module):
                                            scale=self.scale)
         return o.reshape(b, self.heads, self.head_dim)
 
-    def _attend_after_context(self, q, context_k, context_v, k, v):
-        """A prefill chunk q [T, H, D] over its cached context (every key visible) and itself (causal), as two
-        attention pieces merged in fp32: no [T, context + T] mask is built."""
+    def _context(self, q, p: PrefillSlice, k_flat, v_flat, meta: AttentionMetadata):
+        """A prefill chunk q [T, H, D]'s attention over its cached context (every key visible), as fp32 pieces."""
         q_heads = q.transpose(0, 1)[None]
-        pieces = [flash_piece(q_heads, k.transpose(0, 1), v.transpose(0, 1), self.scale, causal=True)[:2],
-                  flash_piece(q_heads, context_k.transpose(0, 1), context_v.transpose(0, 1), self.scale)[:2]]
-        out, _ = merge_pieces([(o.float(), lse.float()) for o, lse in pieces])
+        if p.context is not None:
+            return context_pieces(q_heads, k_flat, v_flat, p.context, meta.gather_buffers, self.scale)
+        keys, values = meta.gather_buffers.keys_values(k_flat, v_flat, p.kv_slots[:p.ctx_start])
+        out, lse, _ = flash_piece(q_heads, keys.transpose(0, 1), values.transpose(0, 1), self.scale)
+        return [(out.float(), lse.float())]
+
+    def _attend_after_context(self, q, context, k, v):
+        """A prefill chunk q [T, H, D] over its cached context (`context`: its attention pieces) and itself
+        (causal), merged in fp32: no [T, context + T] mask is built."""
+        q_heads = q.transpose(0, 1)[None]
+        own, own_lse, _ = flash_piece(q_heads, k.transpose(0, 1), v.transpose(0, 1), self.scale, causal=True)
+        out, _ = merge_pieces([(own.float(), own_lse.float()), *context])
         return out[0].transpose(0, 1).to(q.dtype)
 
     def _attend(self, q, k, v, mask):
