@@ -1,16 +1,18 @@
-"""Decode ms/token of KV policies at one context length, side by side: the ratio to `full` that noise cannot fake.
+"""Decode ms/token of KV policies, side by side: the ratio to `full` (and across lengths) that noise cannot fake.
 
     python -m bench.decode_ratio --model engine/demo/model --length 32768 --policies full,streaming,actqkv \
         --rounds 8 --steps 16 --json bench/results/decode_ratio_demo.json
 
-One engine per policy holds one request (or `--batch` requests decoding together), prefilled once. Then, round
-after round, each engine decodes `--steps` tokens in turn, so that a slow spell of a shared machine hits every
-policy alike. Reported per policy: the median over rounds of the round's mean ms per generated token (step time
-divided by the batch), the spread (min-max of the round means) and the ratio of medians to `full`; and the same
-for the time inside the attention layers (their q/k/v/o projections included), where the policies differ (the
-rest of a step is the same work for all). Prompts are synthetic token ids (speed does not depend on the text); greedy, EOS ignored. A policy may carry
-knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p` (bench/actqkv_knobs.py's syntax); `tiles=false`
-reads the retrieved blocks from the pool every step instead of through the TileCache (engine/kv/tile_cache.py).
+One engine per policy (and per length, with `--length 8192,32768`) holds one request (or `--batch` requests
+decoding together), prefilled once. Then, round after round, each engine decodes `--steps` tokens in turn, so that
+a slow spell of a shared machine hits every policy and length alike. Reported per policy and length: the median
+over rounds of the round's mean ms per generated token (step time divided by the batch), the spread (min-max of
+the round means), the ratio of medians to `full` at that length, and the growth over the same policy at the first
+length; and the time inside the attention layers (their q/k/v/o projections included), where the policies differ
+(the rest of a step is the same work for all). Prompts are synthetic token ids (speed does not depend on the
+text); greedy, EOS ignored. A policy may carry knobs after a colon, e.g. `actqkv:per_head=false;cutoff=top_p`
+(bench/actqkv_knobs.py's syntax); `tiles=false` reads the retrieved blocks from the pool every step instead of
+through the TileCache (engine/kv/tile_cache.py).
 """
 import argparse
 import statistics
@@ -90,7 +92,8 @@ def decode_round(engine, steps: int, batch: int = 1, timer: AttentionTimer | Non
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory (default: the bundled demo model)")
-    ap.add_argument("--length", type=int, default=32768)
+    ap.add_argument("--length", default="32768",
+                    help="context length; comma-separated lengths are decoded side by side too (flatness)")
     ap.add_argument("--policies", default="full,actqkv", help="comma-separated; knobs after a colon")
     ap.add_argument("--budget", type=int, default=2048)
     ap.add_argument("--positions", default="bounded")
@@ -105,42 +108,48 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     from engine.demo import bundled_model_dir
     model = args.model or bundled_model_dir()
-    policies = args.policies.split(",")
+    lengths = [int(n) for n in args.length.split(",")]
+    runs = [(n, p) for n in lengths for p in args.policies.split(",")]
     max_tokens = args.rounds * args.steps + 8   # +warm-up
     engines, prefill_s, timers, tiles = {}, {}, {}, {}
-    for policy in tqdm(policies, desc="prefill"):
+    for run in tqdm(runs, desc="prefill"):
+        length, policy = run
         name, _, knobs = policy.partition(":")
         kv = {"policy": name, "budget": args.budget, "positions": args.positions, **dict(parse_knobs(knobs))}
-        tiles[policy] = kv.pop("tiles", True)
-        with tile_cache(tiles[policy]):
-            engines[policy], prefill_s[policy] = prefilled_engine(model, args.length, kv, max_tokens,
-                                                                  args.kv_cache_memory, args.batch)
-            timers[policy] = AttentionTimer(engines[policy]) if engines[policy].runner.device.type == "cpu" else None
-            decode_round(engines[policy], 4)   # warm-up
-    rounds, attention = {p: [] for p in policies}, {p: [] for p in policies}
+        tiles[run] = kv.pop("tiles", True)
+        with tile_cache(tiles[run]):
+            engines[run], prefill_s[run] = prefilled_engine(model, length, kv, max_tokens, args.kv_cache_memory,
+                                                            args.batch)
+            timers[run] = AttentionTimer(engines[run]) if engines[run].runner.device.type == "cpu" else None
+            decode_round(engines[run], 4)   # warm-up
+    rounds, attention = {r: [] for r in runs}, {r: [] for r in runs}
     for _ in tqdm(range(args.rounds), desc="rounds"):
-        for policy in policies:
-            with tile_cache(tiles[policy]):
-                total, in_attention = decode_round(engines[policy], args.steps, args.batch, timers[policy])
-            rounds[policy].append(total)
-            attention[policy].append(in_attention)
-    medians = {p: statistics.median(v) for p, v in rounds.items()}
-    attention = {p: statistics.median(v) if timers[p] else None for p, v in attention.items()}
-    rows = [{"policy": p, "context_len": args.length, "batch": args.batch, "budget": args.budget,
-             "positions": args.positions, "prefill_s": prefill_s[p], "decode_ms_per_token": medians[p],
-             "round_min_ms": min(rounds[p]), "round_max_ms": max(rounds[p]),
-             "speedup_vs_full": medians["full"] / medians[p] if "full" in medians else None,
-             "attention_ms_per_token": attention[p],
-             "attention_speedup_vs_full": attention["full"] / attention[p] if attention.get("full") else None}
-            for p in policies]
-    print(f"{'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7} "
-          f"{'attention ms':>12} {'vs full':>7}")
+        for run in runs:
+            with tile_cache(tiles[run]):
+                total, in_attention = decode_round(engines[run], args.steps, args.batch, timers[run])
+            rounds[run].append(total)
+            attention[run].append(in_attention)
+    medians = {r: statistics.median(v) for r, v in rounds.items()}
+    attention = {r: statistics.median(v) if timers[r] else None for r, v in attention.items()}
+
+    def ratio(numerator, denominator):
+        return numerator / denominator if numerator and denominator else None
+
+    rows = [{"policy": p, "context_len": n, "batch": args.batch, "budget": args.budget,
+             "positions": args.positions, "prefill_s": prefill_s[n, p], "decode_ms_per_token": medians[n, p],
+             "round_min_ms": min(rounds[n, p]), "round_max_ms": max(rounds[n, p]),
+             "speedup_vs_full": ratio(medians.get((n, "full")), medians[n, p]),
+             "attention_ms_per_token": attention[n, p],
+             "attention_speedup_vs_full": ratio(attention.get((n, "full")), attention[n, p]),
+             "growth_vs_shortest": medians[n, p] / medians[lengths[0], p]}
+            for n, p in runs]
+    print(f"{'length':>7} {'policy':>10} {'prefill s':>9} {'decode ms':>9} {'rounds min-max':>15} {'vs full':>7} "
+          f"{'attention ms':>12} {'vs full':>7} {'vs ' + str(lengths[0]):>9}")
     for r in rows:
-        ratio = f"{r['speedup_vs_full']:.2f}x" if r["speedup_vs_full"] else "-"
-        attention_ratio = f"{r['attention_speedup_vs_full']:.2f}x" if r["attention_speedup_vs_full"] else "-"
-        print(f"{r['policy']:>10} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:9.2f} "
-              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {ratio:>7} {r['attention_ms_per_token'] or 0:12.2f} "
-              f"{attention_ratio:>7}")
+        shown = [f"{x:.2f}x" if x else "-" for x in (r["speedup_vs_full"], r["attention_speedup_vs_full"])]
+        print(f"{r['context_len']:>7} {r['policy']:>10} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:9.2f} "
+              f"{r['round_min_ms']:7.2f}-{r['round_max_ms']:<7.2f} {shown[0]:>7} "
+              f"{r['attention_ms_per_token'] or 0:12.2f} {shown[1]:>7} {r['growth_vs_shortest']:8.2f}x")
     write_json(args.json, {"machine": machine(), "model": model, "rounds": args.rounds, "steps": args.steps,
                            "threads": torch.get_num_threads(), "rows": rows})
     return rows

@@ -44,3 +44,13 @@ def test_tiles_false_reads_the_retrieved_blocks_without_the_tile_cache(monkeypat
                                   "--steps", "2", "--kv-cache-memory", "256MiB"])
         assert rows[0]["policy"] == policy and bool(calls) == used
         assert retrieval_attention.TILE_CACHE   # restored
+
+
+def test_lengths_side_by_side_report_growth_over_the_first():
+    rows = decode_ratio.main(["--length", "768,1024", "--policies", "full,actqkv", "--budget", "704", "--rounds", "2",
+                              "--steps", "2", "--kv-cache-memory", "256MiB"])
+    assert [(r["context_len"], r["policy"]) for r in rows] == [(768, "full"), (768, "actqkv"), (1024, "full"),
+                                                                (1024, "actqkv")]
+    assert rows[0]["growth_vs_shortest"] == rows[1]["growth_vs_shortest"] == 1.0
+    assert rows[3]["growth_vs_shortest"] == rows[3]["decode_ms_per_token"] / rows[1]["decode_ms_per_token"]
+    assert rows[3]["speedup_vs_full"] == rows[2]["decode_ms_per_token"] / rows[3]["decode_ms_per_token"]
