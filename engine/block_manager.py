@@ -1,14 +1,28 @@
-"""The paged KV block pool: which blocks are free and which sequence owns which (no tensors here)."""
-from collections import deque
+"""The paged KV block pool: which blocks are free and which sequence owns which (no tensors here).
+
+With prefix caching, each full block whose KV a sequence has computed is registered under a key for its tokens
+and everything before them (the key of the block before, and its own token ids). A later sequence whose tokens
+start the same way takes those blocks instead of computing them again; a block is shared by reference count. A
+freed block keeps its KV and its key until the pool hands it out again: the free list is first in, first out, so
+the blocks freed longest ago go first, and blocks freed together are handed out together (runs of consecutive
+blocks stay runs, which the CPU attention reads in place).
+"""
+from collections import OrderedDict
 
 from engine.sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.free_blocks: deque[int] = deque(range(num_blocks))
+        self.enable_caching = enable_caching
+        self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.ref_counts = [0] * num_blocks
+        self.cached: dict[tuple, int] = {}       # block key -> block holding that KV
+        self.key_of: dict[int, tuple] = {}       # block -> its key, for the registered blocks
+        self.query_tokens = 0                    # prompt tokens looked up in the cache
+        self.hit_tokens = 0                      # ... of which were found
 
     @property
     def num_free_blocks(self) -> int:
@@ -16,20 +30,79 @@ class BlockManager:
 
     @property
     def usage(self) -> float:
-        """Fraction of the pool in use, 0..1."""
+        """Fraction of the pool in use, 0..1 (cached blocks that no sequence holds count as free)."""
         return 1.0 - len(self.free_blocks) / self.num_blocks
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
-        """Whether `seq` can hold `num_tokens` tokens in total."""
-        return self.blocks_for(num_tokens) - len(seq.block_table) <= len(self.free_blocks)
+    def can_allocate(self, seq: Sequence, num_tokens: int, prefix: list[int] = ()) -> bool:
+        """Whether `seq`, after taking the cached `prefix` blocks (see `cached_prefix`), can hold `num_tokens`."""
+        taken_free = sum(1 for b in prefix if self.ref_counts[b] == 0)
+        needed = self.blocks_for(num_tokens) - len(seq.block_table) - len(prefix)
+        return needed <= len(self.free_blocks) - taken_free
 
     def allocate(self, seq: Sequence, num_tokens: int):
         for _ in range(self.blocks_for(num_tokens) - len(seq.block_table)):
-            seq.block_table.append(self.free_blocks.popleft())
+            block, _ = self.free_blocks.popitem(last=False)
+            key = self.key_of.pop(block, None)
+            if key is not None:   # its KV is about to be overwritten
+                del self.cached[key]
+            self.ref_counts[block] = 1
+            seq.block_table.append(block)
 
     def free(self, seq: Sequence):
-        self.free_blocks.extend(seq.block_table)
+        for block in seq.block_table:
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self.free_blocks[block] = None
         seq.block_table = []
+        seq.block_keys = []
+
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """The cached blocks holding the longest prefix of a new sequence's tokens, in order (full blocks only,
+        and at least its last token left to compute: that one's logits are needed). Looks up, takes nothing."""
+        if not (self.enable_caching and seq.cacheable and not seq.block_table):
+            return []
+        blocks, key = [], None
+        for key in self._keys(seq, (seq.num_tokens - 1) // self.block_size):
+            block = self.cached.get(key)
+            if block is None:
+                break
+            blocks.append(block)
+        return blocks
+
+    def take_prefix(self, seq: Sequence, prefix: list[int]):
+        """Give `seq` the cached `prefix` blocks (from `cached_prefix`): their tokens count as computed."""
+        for block in prefix:
+            if self.ref_counts[block] == 0:
+                del self.free_blocks[block]
+            self.ref_counts[block] += 1
+        seq.block_table = list(prefix)
+        seq.block_keys = [self.key_of[b] for b in prefix]
+        seq.num_computed_tokens = len(prefix) * self.block_size
+        if seq.cacheable and self.enable_caching:
+            self.query_tokens += seq.num_prompt_tokens
+            self.hit_tokens += min(seq.num_computed_tokens, seq.num_prompt_tokens)
+
+    def register(self, seq: Sequence):
+        """Register the full blocks `seq` has computed since the last call, so that later sequences find them."""
+        if not (self.enable_caching and seq.cacheable):
+            return
+        done = len(seq.block_keys)
+        for i, key in enumerate(self._keys(seq, seq.num_computed_tokens // self.block_size, done), start=done):
+            seq.block_keys.append(key)
+            block = seq.block_table[i]
+            if key not in self.cached and block not in self.key_of:   # the first block computed with it wins
+                self.cached[key] = block
+                self.key_of[block] = key
+
+    def _keys(self, seq: Sequence, num_blocks: int, start: int = 0):
+        """The keys of the sequence's blocks start..num_blocks-1: each is (the key's hash before it, its token
+        ids). Comparing the token ids makes a wrong match need a 64-bit hash collision of two whole prefixes."""
+        parent = hash(seq.block_keys[start - 1]) if start else None
+        bs = self.block_size
+        for i in range(start, num_blocks):
+            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
+            yield key
+            parent = hash(key)

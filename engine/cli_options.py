@@ -13,6 +13,8 @@ _HELP = {
     "device": "auto | cpu | cuda",
     "max_model_len": "context length served (default: the model's max_position_embeddings)",
     "block_size": "tokens per KV cache block",
+    "enable_prefix_caching": "reuse the KV blocks of earlier requests whose tokens start the same way (full attention, "
+                             "dense or relu MLP) (true/false)",
     "kv_cache_memory": "memory for the KV cache, e.g. 2GiB",
     "num_kv_blocks": "number of KV blocks (overrides --kv-cache-memory)",
     "max_num_seqs": "sequences running at once",

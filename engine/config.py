@@ -24,6 +24,7 @@ class EngineConfig:
     device: str = "auto"                      # auto: cuda if available, else cpu
     max_model_len: int | None = None          # defaults to the model's max_position_embeddings
     block_size: int = 32                      # tokens per KV block
+    enable_prefix_caching: bool = True        # reuse the KV blocks of earlier prompts with the same start
     kv_cache_memory: int | str = "2GiB"       # memory for the KV block pool
     num_kv_blocks: int | None = None          # overrides kv_cache_memory when set
     max_num_seqs: int = 64                    # sequences running at once

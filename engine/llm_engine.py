@@ -50,7 +50,7 @@ class LLMEngine:
         log.info("KV cache: %d tokens, max concurrency %.2fx for %d-token requests",
                  pool_tokens, pool_tokens / self.max_model_len, self.max_model_len)
         self.runner.check_sparsity(config.mlp_sparsity)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = self._eos_token_ids()
         self.vocab_size = self.model_config.vocab_size
@@ -159,6 +159,7 @@ class LLMEngine:
         completing = [s.seq for s in batch.scheduled if s.completes]
         for item in batch.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.register(item.seq)
         tokens = self.sampler(logits, completing) if completing else []
         now = time.monotonic()
         touched: dict[str, Request] = {}

@@ -27,6 +27,18 @@ class _RequestState:
         self.last_time = [0.0] * n
 
 
+class TotalCounter:
+    """A Prometheus counter advanced to a running total that the engine keeps."""
+
+    def __init__(self, counter):
+        self.counter, self.seen = counter, 0
+
+    def advance(self, total: int):
+        if total > self.seen:
+            self.counter.inc(total - self.seen)
+            self.seen = total
+
+
 class CacheCounts:
     """A cache's hit and miss counters and hit-rate gauge, advanced from its counts since start."""
 
@@ -64,7 +76,11 @@ class EngineMetrics:
         self.kv_usage = gauge("kv_cache_usage_perc", "Fraction of the KV block pool in use (0-1).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens prefilled.")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
-        self.preemptions = counter("num_preemptions", "Sequences preempted (recomputed later).")
+        self.preemptions = TotalCounter(counter("num_preemptions", "Sequences preempted (recomputed later)."))
+        self.prefix_queries = TotalCounter(counter("prefix_cache_queries", "Prompt tokens looked up in the prefix "
+                                                   "cache (requests that may share KV blocks)."))
+        self.prefix_hits = TotalCounter(counter("prefix_cache_hits", "Prompt tokens found in the prefix cache (their "
+                                                "KV blocks were reused, not computed)."))
         self._success = Counter("actserve:request_success", "Finished requests by finish reason.",
                                 ["model_name", "finished_reason"], registry=self.registry)
         self.model_name = model_name
@@ -87,7 +103,7 @@ class EngineMetrics:
                                         registry=self.registry)
         self.mlp_active = Gauge("actserve:mlp_active_fraction", "Fraction of MLP activations computed by sparse "
                                 "decode steps, per layer (since start).", layered, registry=self.registry)
-        self.memory_rows = counter("memory_rows_read", "Memory-layer value rows read.")
+        self.memory_rows = TotalCounter(counter("memory_rows_read", "Memory-layer value rows read."))
 
         def cache(name, hits_doc, misses_doc, what):
             rate = Gauge(f"actserve:{name}_hit_rate", f"Hits / lookups of {what} since start.", ["model_name"],
@@ -101,8 +117,6 @@ class EngineMetrics:
                                 "tile caches (CPU), summed over layers.", "Tiles loaded from the KV pool into the "
                                 "requests' tile caches (CPU), summed over layers.", "the requests' tile caches (CPU)")
         self._requests: dict[str, _RequestState] = {}
-        self._preemptions_seen = 0
-        self._memory_rows_seen = 0
 
     def on_step(self, engine, outputs, step_seconds):
         """Step listener: runs in the engine thread after each step (`step_seconds` None for abort outputs)."""
@@ -115,9 +129,9 @@ class EngineMetrics:
         self.running.set(len({s.request.request_id for s in scheduler.running}))
         self.waiting.set(len({s.request.request_id for s in scheduler.waiting}))
         self.kv_usage.set(engine.block_manager.usage)
-        if scheduler.num_preemptions > self._preemptions_seen:
-            self.preemptions.inc(scheduler.num_preemptions - self._preemptions_seen)
-            self._preemptions_seen = scheduler.num_preemptions
+        self.preemptions.advance(scheduler.num_preemptions)
+        self.prefix_queries.advance(engine.block_manager.query_tokens)
+        self.prefix_hits.advance(engine.block_manager.hit_tokens)
         if step_seconds is not None:
             self._technique_metrics(engine.runner)
 
@@ -133,10 +147,7 @@ class EngineMetrics:
         for layer, skipped in enumerate(runner.sparsity.achieved()):
             self.mlp_active.labels(self.model_name, str(layer)).set(1.0 - skipped)
         memories = getattr(runner.model, "memory_layers", lambda: [])()
-        rows = sum(m.rows_read for m in memories)
-        if rows > self._memory_rows_seen:
-            self.memory_rows.inc(rows - self._memory_rows_seen)
-            self._memory_rows_seen = rows
+        self.memory_rows.advance(sum(m.rows_read for m in memories))
         self.device_cache.advance(*runner.device_cache_counts())
         self.tile_cache.advance(*runner.tile_cache_counts())
 

@@ -31,3 +31,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: dict = field(default_factory=dict)
+    num_cached_tokens: int = 0       # prompt tokens whose KV came from the prefix cache (when first scheduled)

@@ -4,7 +4,8 @@ Each step hands out a token budget (`max_num_batched_tokens`). Running sequences
 (a decode needs one token; an unfinished prefill takes what is left of the budget), then waiting ones while the
 budget, `max_num_seqs` and free blocks allow. Long prompts are prefilled in chunks across steps. When a running
 sequence needs a block and none is free, the most recently admitted one is preempted: its blocks are freed and it
-is recomputed from scratch later.
+is recomputed from scratch later. With prefix caching, a sequence admitted from the queue first takes the cached
+blocks that hold the start of its tokens (engine.block_manager) and computes only the rest.
 """
 from collections import deque
 from dataclasses import dataclass
@@ -78,11 +79,16 @@ class Scheduler:
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
-            n = self._chunk(seq, budget)
-            if n == 0 or not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
+            prefix = self.block_manager.cached_prefix(seq)
+            start = len(prefix) * self.block_manager.block_size
+            n = self._chunk(seq, budget, start)
+            if n == 0 or not self.block_manager.can_allocate(seq, start + n, prefix):
                 break
             self.waiting.popleft()
-            self.block_manager.allocate(seq, seq.num_computed_tokens + n)
+            self.block_manager.take_prefix(seq, prefix)
+            if seq.request.num_cached_tokens is None:
+                seq.request.num_cached_tokens = min(start, seq.num_prompt_tokens)
+            self.block_manager.allocate(seq, start + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, n))
@@ -90,10 +96,11 @@ class Scheduler:
         return SchedulerOutput(scheduled, preempted)
 
     @staticmethod
-    def _chunk(seq: Sequence, budget: int) -> int:
-        """Tokens to compute for `seq` within `budget`: all it needs, or a partial chunk rounded down to its
-        prefill granularity (0 if not even one granule fits)."""
-        need = seq.num_tokens - seq.num_computed_tokens
+    def _chunk(seq: Sequence, budget: int, computed: int | None = None) -> int:
+        """Tokens to compute for `seq` within `budget` (after `computed` tokens, by default its computed ones):
+        all it needs, or a partial chunk rounded down to its prefill granularity (0 if not even one granule
+        fits)."""
+        need = seq.num_tokens - (seq.num_computed_tokens if computed is None else computed)
         if need <= budget:
             return need
         return budget - budget % seq.prefill_granularity

@@ -28,6 +28,7 @@ class Sequence:
         self.num_prompt_tokens = len(self.token_ids)
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
+        self.block_keys: list[tuple] = []   # prefix-cache keys of its full computed blocks (engine.block_manager)
         self.status = SequenceStatus.WAITING
         self.generator = generator
         self.detokenizer = detokenizer
@@ -55,6 +56,13 @@ class Sequence:
         so its outputs) do not depend on what else shares the step."""
         kv = self.request.kv_config
         return 1 if kv is None or kv.policy == "full" else kv.window
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether its KV is what any request with these tokens would compute, so blocks may be shared: full
+        attention (a selection policy's windowed prefill changes the later layers' keys), and an exact MLP."""
+        kv = self.request.kv_config
+        return (kv is None or kv.policy == "full") and self.request.mlp_sparsity[0] in ("dense", "relu")
 
     @property
     def is_finished(self) -> bool:
@@ -93,6 +101,7 @@ class Request:
         self.seqs: list[Sequence] = []
         self.arrival_time = arrival_time or time.monotonic()
         self.scheduled_time: float | None = None
+        self.num_cached_tokens: int | None = None   # prompt tokens found in the prefix cache when first scheduled
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         self.finished_time: float | None = None
@@ -107,4 +116,4 @@ class Request:
             outputs=[s.to_output() for s in self.seqs], finished=self.finished,
             metrics={"arrival_time": self.arrival_time, "scheduled_time": self.scheduled_time,
                      "first_token_time": self.first_token_time, "last_token_time": self.last_token_time,
-                     "finished_time": self.finished_time})
+                     "finished_time": self.finished_time}, num_cached_tokens=self.num_cached_tokens or 0)

@@ -94,3 +94,16 @@ def test_retrieval_metrics_report_tokens_attended_per_layer(client, server):
     assert attended and all(0 < v <= 96 for v in attended), attended
     assert blocks and all(v >= 1 for v in blocks)
     assert ("actserve:memory_rows_read_total", ()) in m
+
+
+def test_prefix_cache_counters(client, server):
+    """The same 100-token prompt twice: the second finds its first 6 blocks of 16 in the prefix cache."""
+    prompt = [7 + (37 * i) % 250 for i in range(100)]
+    before = wait_idle(server.url)
+    outs = [client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True}) for _ in range(2)]
+    after = wait_idle(server.url)
+    queries, hits = deltas(before, after, ("actserve:prefix_cache_queries_total", {}),
+                           ("actserve:prefix_cache_hits_total", {}))
+    assert queries == 200 and hits == 96
+    assert outs[0].choices[0].text == outs[1].choices[0].text
