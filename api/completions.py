@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from api.errors import APIError, from_exception
 from api.generation import (EngineRun, RunStreamingResponse, final_outputs, log_ignored_fields,
                             sse, sse_stream, until_disconnect)
-from api.logprobs import completion_logprobs
+from api.logprobs import completion_logprobs, joined, prompt_completion_logprobs
 from api.protocol import MAX_N, CompletionRequest
 from api.sampling import to_sampling_params, usage
 from engine.llm_engine import ContextLengthError, context_length_message
@@ -50,19 +50,19 @@ async def create_completion(req: CompletionRequest, raw: Request):
     state.check_model(req.model)
     log_ignored_fields(req)
     engine = state.ready_engine()
-    if req.echo and req.logprobs is not None:
-        raise APIError(400, "echo with logprobs (prompt logprobs) is not supported.", "echo")
     max_tokens = 16 if req.max_tokens is None else req.max_tokens
+    prompt_logprobs = req.logprobs if req.echo else None   # echo + logprobs: the prompt's tokens get logprobs too
     try:
-        params = to_sampling_params(req, max_tokens, req.logprobs)
+        params = to_sampling_params(req, max_tokens, req.logprobs, prompt_logprobs)
         prompts = await _prompt_ids(engine, req)
     except APIError:
         raise
     except Exception as exc:
         raise from_exception(exc) from exc
     rid = f"cmpl-{uuid.uuid4().hex}"
-    ctx = _Context(state.model_name, rid, req, prompts)
-    if max_tokens == 0:
+    ctx = _Context(state.model_name, rid, req, prompts,
+                   lambda t: engine.tokenizer.decode([t], skip_special_tokens=False))
+    if max_tokens == 0 and prompt_logprobs is None:
         for p in prompts:
             if len(p) > engine.max_model_len:
                 raise from_exception(ContextLengthError(
@@ -81,8 +81,9 @@ async def create_completion(req: CompletionRequest, raw: Request):
 
 
 class _Context:
-    def __init__(self, model: str, rid: str, req: CompletionRequest, prompts: list[list[int]]):
+    def __init__(self, model: str, rid: str, req: CompletionRequest, prompts: list[list[int]], decode_token):
         self.model, self.rid, self.req, self.prompts = model, rid, req, prompts
+        self.decode_token = decode_token   # token id -> its text (an echoed prompt's first token)
         self.created = int(time.time())
         self.echo: list[str] = []
         self.k = req.logprobs
@@ -101,11 +102,20 @@ class _Context:
         choices, generated = [], 0
         for i, out in enumerate(finals):
             for comp in out.outputs:
-                lp = None if self.k is None else completion_logprobs(comp.token_ids, comp.logprobs, self.k)
+                lp = None if self.k is None else self._logprobs(out, comp.token_ids, comp.logprobs)
                 choices.append(self._choice(i * self.req.n + comp.index, self.echo[i] + comp.text, lp,
                                             comp.finish_reason, comp.stop_reason))
                 generated += len(comp.token_ids)
         return {**self._base(), "choices": choices, "usage": self._usage(generated), "system_fingerprint": None}
+
+    def _logprobs(self, out, token_ids: list[int], entries: list, text_offset: int = 0, first: bool = True) -> dict:
+        """Legacy logprobs of generated tokens; with echo, of the prompt's tokens before them (in the first part of
+        a choice's text only)."""
+        if not (self.req.echo and first):
+            return completion_logprobs(token_ids, entries, self.k, text_offset)
+        prompt = out.prompt_token_ids
+        echoed = prompt_completion_logprobs(prompt, out.prompt_logprobs, self.k, self.decode_token(prompt[0]))
+        return joined(echoed, completion_logprobs(token_ids, entries, self.k, len("".join(echoed["tokens"]))))
 
     def prompt_only(self):
         n = self.req.n
@@ -132,14 +142,15 @@ class _Context:
         offsets: dict[int, int] = {}
         generated: dict[int, int] = {}
         async for d in run.deltas():
-            text = d.text
-            if d.index not in offsets:
-                text = self.echo[d.prompt_index] + text
+            first = d.index not in offsets
+            text = self.echo[d.prompt_index] + d.text if first else d.text
+            if first:
                 offsets[d.index] = len(self.echo[d.prompt_index])
             lp = None
             if self.k is not None:
-                lp = completion_logprobs(d.token_ids, d.logprobs, self.k, offsets[d.index])
-                offsets[d.index] += sum(len(t) for t in lp["tokens"])
+                lp = self._logprobs(d.request, d.token_ids, d.logprobs, offsets[d.index], first)
+                if lp["tokens"]:
+                    offsets[d.index] = lp["text_offset"][-1] + len(lp["tokens"][-1])
             generated[d.index] = len(d.output.token_ids)
             chunk = {**self._base(), "choices": [self._choice(d.index, text, lp, d.output.finish_reason,
                                                               d.output.stop_reason)]}

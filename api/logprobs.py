@@ -34,6 +34,20 @@ def completion_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]],
     return out
 
 
+def prompt_completion_logprobs(token_ids: list[int], entries: list, k: int, first_text: str) -> dict:
+    """Legacy shape for an echoed prompt (`entries` from RequestOutput.prompt_logprobs). Its first token, whose
+    text is `first_text`, has no logprob: nothing predicts it, so its `token_logprobs` and `top_logprobs` are
+    null."""
+    rest = completion_logprobs(token_ids[1:], entries[1:], k, len(first_text))
+    return {"text_offset": [0] + rest["text_offset"], "token_logprobs": [None] + rest["token_logprobs"],
+            "tokens": [first_text] + rest["tokens"], "top_logprobs": [None] + rest["top_logprobs"]}
+
+
+def joined(*parts: dict) -> dict:
+    """Legacy logprobs of consecutive texts (an echoed prompt, then the completion) as one."""
+    return {key: [v for part in parts for v in part[key]] for key in parts[0]}
+
+
 def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> dict:
     def item(tid: int, lp: Logprob) -> dict:
         text = _text(tid, lp)

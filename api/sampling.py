@@ -17,7 +17,8 @@ def _or(value, default):
     return default if value is None else value
 
 
-def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None,
+                       prompt_logprobs: int | None = None) -> SamplingParams:
     """Build and validate; raises `SamplingParamsError` (-> 400 naming the parameter)."""
     return SamplingParams(
         n=req.n, temperature=_or(req.temperature, 1.0), top_p=_or(req.top_p, 1.0), top_k=_or(req.top_k, 0),
@@ -26,7 +27,7 @@ def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: in
         logit_bias=_logit_bias(req.logit_bias), max_tokens=max_tokens, min_tokens=req.min_tokens,
         stop=_or(req.stop, []), stop_token_ids=_or(req.stop_token_ids, []),
         include_stop_str_in_output=req.include_stop_str_in_output, ignore_eos=req.ignore_eos, logprobs=logprobs,
-        skip_special_tokens=req.skip_special_tokens)
+        prompt_logprobs=prompt_logprobs, skip_special_tokens=req.skip_special_tokens)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -62,8 +62,8 @@ class BlockManager:
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """The cached blocks holding the longest prefix of a new sequence's tokens, in order (full blocks only,
         and at least its last token left to compute: that one's logits are needed). Looks up, takes nothing."""
-        if not (self.enable_caching and seq.cacheable and not seq.block_table):
-            return []
+        if not (self.enable_caching and seq.cacheable and not seq.block_table) or seq.prompt_logprobs is not None:
+            return []   # prompt logprobs need every prompt token's logits
         blocks, key = [], None
         for key in self._keys(seq, (seq.num_tokens - 1) // self.block_size):
             block = self.cached.get(key)

@@ -155,24 +155,30 @@ class LLMEngine:
         for item in batch.scheduled:
             if item.seq.request.scheduled_time is None:
                 item.seq.request.scheduled_time = now
-        logits = self.runner.execute(batch.scheduled)
+        logits, prompt_logits = self.runner.execute(batch.scheduled)
         completing = [s.seq for s in batch.scheduled if s.completes]
         for item in batch.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.register(item.seq)
-        tokens = self.sampler(logits, completing) if completing else []
+        for seq, first, rows in prompt_logits:
+            self.sampler.record_prompt_logprobs(rows, seq, first)
+        sampling = [i for i, seq in enumerate(completing) if seq.params.max_tokens != 0]
+        tokens = self.sampler(logits[sampling], [completing[i] for i in sampling]) if sampling else []
         now = time.monotonic()
         touched: dict[str, Request] = {}
-        for seq, token in zip(completing, tokens):
-            seq.token_ids.append(token)
-            append_and_check_stop(seq, seq.detokenizer.add(token), self.eos_token_ids, self.max_model_len)
-            request = seq.request
-            request.first_token_time = request.first_token_time or now
-            request.last_token_time = now
+        for seq in completing:
+            if seq.params.max_tokens == 0:   # the prompt only (its logprobs): done once it is prefilled
+                seq.finish("length")
+            else:
+                token = tokens.pop(0)
+                seq.token_ids.append(token)
+                append_and_check_stop(seq, seq.detokenizer.add(token), self.eos_token_ids, self.max_model_len)
+                seq.request.first_token_time = seq.request.first_token_time or now
+                seq.request.last_token_time = now
             if seq.is_finished:
                 self.scheduler.finish(seq)
                 self.runner.release(seq)
-            touched[request.request_id] = request
+            touched[seq.request.request_id] = seq.request
         outputs = []
         for request in touched.values():
             if request.finished:

@@ -117,17 +117,28 @@ class ModelRunner:
         return 2 * c.num_hidden_layers * self.block_size * c.num_key_value_heads * c.head_dim * elem
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq], all_rows: bool = False) -> torch.Tensor:
-        """Run one step; return logits [len(completing), vocab] for the sequences that complete in it.
+    def execute(self, batch: list[ScheduledSeq], all_rows: bool = False):
+        """Run one step; return logits [len(completing), vocab] for the sequences that complete in it, and for
+        the sequences that asked for prompt logprobs, (sequence, first position, logits [m, vocab]) whose row j
+        predicts the prompt token at first + 1 + j.
 
-        With `all_rows`, return logits for every token of the step instead (prompt logprobs, tests).
+        With `all_rows`, return the logits of every token of the step instead (tests).
         """
         has_prefill = any(s.num_new_tokens > 1 for s in batch)
         torch.set_num_threads(self.prefill_threads if has_prefill else self.decode_threads)
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         self.sparsity.plan = self._mlp_plan(batch)
         hidden = self.model(input_ids, positions, meta, self.kv_caches)
-        return self.model.compute_logits(hidden if all_rows else hidden[sample_rows])
+        if all_rows:
+            return self.model.compute_logits(hidden)
+        prompt_logits, row = [], 0
+        for item in batch:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)   # the last row predicts no prompt token
+            if seq.prompt_logprobs is not None and start < end:
+                prompt_logits.append((seq, start, self.model.compute_logits(hidden[row:row + end - start])))
+            row += item.num_new_tokens
+        return self.model.compute_logits(hidden[sample_rows]), prompt_logits
 
     def check_sparsity(self, spec: str) -> tuple[str, float | None]:
         """Parse and validate an MLP sparsity spec against this model; raise SamplingParamsError if unusable."""

@@ -32,3 +32,4 @@ class RequestOutput:
     finished: bool
     metrics: dict = field(default_factory=dict)
     num_cached_tokens: int = 0       # prompt tokens whose KV came from the prefix cache (when first scheduled)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None   # with SamplingParams.prompt_logprobs

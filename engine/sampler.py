@@ -62,17 +62,27 @@ class Sampler:
         for i, seq in enumerate(seqs):
             if seq.logprobs is None:
                 continue
-            row = logprobs[i]
-            chosen = tokens[i]
-            chosen_lp = float(row[chosen])
-            entry = {chosen: Logprob(chosen_lp, int((row > row[chosen]).sum()) + 1, self.decode_token(chosen))}
-            k = seq.params.logprobs
-            if k:
-                top_vals, top_ids = row.topk(k)
-                for rank, (tid, val) in enumerate(zip(top_ids.tolist(), top_vals.tolist()), start=1):
-                    entry.setdefault(tid, Logprob(val, rank, self.decode_token(tid)))
+            entry = self._entry(logprobs[i], tokens[i], seq.params.logprobs)
             seq.logprobs.append(entry)
-            seq.cumulative_logprob += chosen_lp
+            seq.cumulative_logprob += entry[tokens[i]].logprob
+
+    def record_prompt_logprobs(self, logits: torch.Tensor, seq: Sequence, first: int):
+        """Logprobs of the prompt tokens at first + 1 .. first + len(logits) (row j predicts first + 1 + j), with
+        the top `prompt_logprobs` alternatives; rows already recorded (a preempted sequence computes its prompt
+        again) are skipped."""
+        logprobs = torch.log_softmax(logits[:, :self.vocab_size].float(), dim=-1)
+        k = seq.params.prompt_logprobs
+        for j in range(max(0, len(seq.prompt_logprobs) - first - 1), logprobs.shape[0]):
+            seq.prompt_logprobs.append(self._entry(logprobs[j], seq.token_ids[first + 1 + j], k))
+
+    def _entry(self, row: torch.Tensor, chosen: int, k: int) -> dict[int, Logprob]:
+        """The chosen token's logprob and rank, and the top `k` alternatives."""
+        entry = {chosen: Logprob(float(row[chosen]), int((row > row[chosen]).sum()) + 1, self.decode_token(chosen))}
+        if k:
+            top_vals, top_ids = row.topk(k)
+            for rank, (tid, val) in enumerate(zip(top_ids.tolist(), top_vals.tolist()), start=1):
+                entry.setdefault(tid, Logprob(val, rank, self.decode_token(tid)))
+        return entry
 
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:

@@ -31,6 +31,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None         # number of top alternatives per generated token (0: the sampled one only)
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first (no prefix-cache hits)
     skip_special_tokens: bool = True
 
     def __post_init__(self):
@@ -76,6 +77,9 @@ class SamplingParams:
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings.")
         check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20), "logprobs",
               f"logprobs must be in [0, 20], got {self.logprobs}.")
+        check(self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int)
+                                               and 0 <= self.prompt_logprobs <= 20), "prompt_logprobs",
+              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}.")
         if self.logit_bias:
             check(all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias",
                   "logit_bias values must be in [-100, 100].")

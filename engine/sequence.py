@@ -34,6 +34,9 @@ class Sequence:
         self.detokenizer = detokenizer
         self.output_text = ""
         self.logprobs: list[dict[int, Logprob]] | None = [] if self.params.logprobs is not None else None
+        # per prompt token (None for the first, which nothing predicts), if asked for
+        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
+            [None] if self.params.prompt_logprobs is not None else None)
         self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
@@ -114,6 +117,7 @@ class Request:
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=[s.to_output() for s in self.seqs], finished=self.finished,
+            prompt_logprobs=self.seqs[0].prompt_logprobs if self.seqs else None,
             metrics={"arrival_time": self.arrival_time, "scheduled_time": self.scheduled_time,
                      "first_token_time": self.first_token_time, "last_token_time": self.last_token_time,
                      "finished_time": self.finished_time}, num_cached_tokens=self.num_cached_tokens or 0)

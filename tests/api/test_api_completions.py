@@ -155,3 +155,23 @@ def test_per_request_mlp_sparsity(client, http):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "mlp_sparsity"
     out = client.completions.create(model=MODEL, prompt="hello", max_tokens=3, extra_body={"mlp_sparsity": "dense"})
     assert out.usage.completion_tokens >= 1
+
+
+def test_echo_with_logprobs_scores_the_prompt(client):
+    """lm-evaluation-harness's loglikelihood request: echo + logprobs gives the prompt's tokens logprobs too."""
+    prompt = [7 + (29 * i) % 250 for i in range(12)]
+    out = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=3, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 12 + 3
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v <= 0 for v in lp.token_logprobs[1:]) and all(1 <= len(t) <= 3 for t in lp.top_logprobs[1:])
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(15)]
+    # the same prompt scored without generating, and streamed: the same numbers
+    zero = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    assert zero.choices[0].logprobs.token_logprobs == lp.token_logprobs[:12] and zero.usage.completion_tokens == 0
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=3,
+                                            temperature=0, stream=True, extra_body={"ignore_eos": True}))
+    streamed = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    offsets = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.text_offset]
+    assert streamed == lp.token_logprobs and offsets == lp.text_offset

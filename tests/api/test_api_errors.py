@@ -25,7 +25,7 @@ BAD = [
     ({"stop_token_ids": [10**9]}, "stop_token_ids"), ({"stop": [""]}, "stop"), ({"temperature": "hot"}, "temperature"),
     ({"prompt": []}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": [[1, 2], []]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"), ({"prompt": [-1]}, "prompt"), ({"prompt": None}, "prompt"),
-    ({"stream_options": {"include_usage": True}}, None), ({"echo": True, "logprobs": 1}, "echo"),
+    ({"stream_options": {"include_usage": True}}, None), ({"echo": True, "logprobs": 21}, "logprobs"),
     ({"min_tokens": 20, "max_tokens": 5}, "min_tokens"), ({"max_tokens": 0, "prompt": [5] * 300}, "input_tokens"),
 ]
 
