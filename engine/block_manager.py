@@ -1,12 +1,15 @@
 """The paged KV block pool: which blocks are free and which sequence owns which (no tensors here).
 
 With prefix caching, each full block whose KV a sequence has computed is registered under a key for its tokens
-and everything before them (the key of the block before, and its own token ids). A later sequence whose tokens
+and everything before them: the SHA-256 of the key of the block before and its own token ids (a cryptographic
+digest, so that no client can build a prompt whose blocks pass for another prompt's). A later sequence whose tokens
 start the same way takes those blocks instead of computing them again; a block is shared by reference count. A
 freed block keeps its KV and its key until the pool hands it out again: the free list is first in, first out, so
 the blocks freed longest ago go first, and blocks freed together are handed out together (runs of consecutive
 blocks stay runs, which the CPU attention reads in place).
 """
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from engine.sequence import Sequence
@@ -19,10 +22,8 @@ class BlockManager:
         self.enable_caching = enable_caching
         self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.ref_counts = [0] * num_blocks
-        self.cached: dict[tuple, int] = {}       # block key -> block holding that KV
-        self.key_of: dict[int, tuple] = {}       # block -> its key, for the registered blocks
-        self.query_tokens = 0                    # prompt tokens looked up in the cache
-        self.hit_tokens = 0                      # ... of which were found
+        self.cached: dict[bytes, int] = {}       # block key -> block holding that KV
+        self.key_of: dict[int, bytes] = {}       # block -> its key, for the registered blocks
 
     @property
     def num_free_blocks(self) -> int:
@@ -59,11 +60,15 @@ class BlockManager:
         seq.block_table = []
         seq.block_keys = []
 
+    def looks_up(self, seq: Sequence) -> bool:
+        """Whether `seq` may take cached blocks (prompt logprobs need every prompt token's logits: no)."""
+        return self.enable_caching and seq.cacheable and seq.prompt_logprobs is None
+
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """The cached blocks holding the longest prefix of a new sequence's tokens, in order (full blocks only,
         and at least its last token left to compute: that one's logits are needed). Looks up, takes nothing."""
-        if not (self.enable_caching and seq.cacheable and not seq.block_table) or seq.prompt_logprobs is not None:
-            return []   # prompt logprobs need every prompt token's logits
+        if seq.block_table or not self.looks_up(seq):
+            return []
         blocks, key = [], None
         for key in self._keys(seq, (seq.num_tokens - 1) // self.block_size):
             block = self.cached.get(key)
@@ -81,9 +86,6 @@ class BlockManager:
         seq.block_table = list(prefix)
         seq.block_keys = [self.key_of[b] for b in prefix]
         seq.num_computed_tokens = len(prefix) * self.block_size
-        if seq.cacheable and self.enable_caching:
-            self.query_tokens += seq.num_prompt_tokens
-            self.hit_tokens += min(seq.num_computed_tokens, seq.num_prompt_tokens)
 
     def register(self, seq: Sequence):
         """Register the full blocks `seq` has computed since the last call, so that later sequences find them."""
@@ -98,11 +100,10 @@ class BlockManager:
                 self.key_of[block] = key
 
     def _keys(self, seq: Sequence, num_blocks: int, start: int = 0):
-        """The keys of the sequence's blocks start..num_blocks-1: each is (the key's hash before it, its token
-        ids). Comparing the token ids makes a wrong match need a 64-bit hash collision of two whole prefixes."""
-        parent = hash(seq.block_keys[start - 1]) if start else None
+        """The keys of the sequence's blocks start..num_blocks-1: each is the SHA-256 of the key before it and its
+        token ids."""
+        parent = seq.block_keys[start - 1] if start else b""
         bs = self.block_size
         for i in range(start, num_blocks):
-            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
-            yield key
-            parent = hash(key)
+            parent = hashlib.sha256(parent + array("q", seq.token_ids[i * bs:(i + 1) * bs]).tobytes()).digest()
+            yield parent

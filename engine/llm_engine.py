@@ -109,9 +109,10 @@ class LLMEngine:
             raise SamplingParamsError("prompt", f"Token ids must be integers in [0, {self.vocab_size}).")
         params.validate(self.vocab_size)
         room = self.max_model_len - len(ids)
-        if params.max_tokens is None:
+        unset = params.max_tokens is None   # the rest of the context: there must be some
+        if unset:
             params = replace(params, max_tokens=max(room, 0))
-        if len(ids) + params.max_tokens > self.max_model_len or room <= 0:
+        if len(ids) + params.max_tokens > self.max_model_len or (unset and room <= 0):
             raise ContextLengthError("input_tokens",
                                      context_length_message(self.max_model_len, params.max_tokens, len(ids)))
         return Request(request_id, text, ids, params, arrival_time, kv_config, sparsity)

@@ -130,8 +130,8 @@ class EngineMetrics:
         self.waiting.set(len({s.request.request_id for s in scheduler.waiting}))
         self.kv_usage.set(engine.block_manager.usage)
         self.preemptions.advance(scheduler.num_preemptions)
-        self.prefix_queries.advance(engine.block_manager.query_tokens)
-        self.prefix_hits.advance(engine.block_manager.hit_tokens)
+        self.prefix_queries.advance(scheduler.prefix_query_tokens)
+        self.prefix_hits.advance(scheduler.prefix_hit_tokens)
         if step_seconds is not None:
             self._technique_metrics(engine.runner)
 
@@ -176,6 +176,8 @@ class EngineMetrics:
             del self._requests[out.request_id]
             reasons = {c.finish_reason for c in out.outputs}
             reason = next((r for r in ("abort", "length", "stop") if r in reasons), "stop")
+            if not state.prompt_counted and reason != "abort":   # max_tokens=0: the prompt only, prefilled
+                self.prompt_tokens.inc(len(out.prompt_token_ids))
             self._success.labels(self.model_name, reason).inc()
             self.e2e.observe(max(0.0, (m.get("finished_time") or now) - arrival))
             if m.get("scheduled_time") is not None:

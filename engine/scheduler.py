@@ -43,6 +43,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.prefix_query_tokens = 0   # prompt tokens of requests that looked up the prefix cache
+        self.prefix_hit_tokens = 0     # ... found there (counted once per request, when first scheduled)
 
     def add(self, seq: Sequence):
         self.waiting.append(seq)
@@ -88,6 +90,9 @@ class Scheduler:
             self.block_manager.take_prefix(seq, prefix)
             if seq.request.num_cached_tokens is None:
                 seq.request.num_cached_tokens = min(start, seq.num_prompt_tokens)
+                if self.block_manager.looks_up(seq):
+                    self.prefix_query_tokens += seq.num_prompt_tokens
+                    self.prefix_hit_tokens += seq.request.num_cached_tokens
             self.block_manager.allocate(seq, start + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

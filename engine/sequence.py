@@ -28,15 +28,16 @@ class Sequence:
         self.num_prompt_tokens = len(self.token_ids)
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
-        self.block_keys: list[tuple] = []   # prefix-cache keys of its full computed blocks (engine.block_manager)
+        self.block_keys: list[bytes] = []   # prefix-cache keys of its full computed blocks (engine.block_manager)
         self.status = SequenceStatus.WAITING
         self.generator = generator
         self.detokenizer = detokenizer
         self.output_text = ""
         self.logprobs: list[dict[int, Logprob]] | None = [] if self.params.logprobs is not None else None
         # per prompt token (None for the first, which nothing predicts), if asked for
+        # (the first sequence of a request only: the others have the same prompt)
         self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
-            [None] if self.params.prompt_logprobs is not None else None)
+            [None] if self.params.prompt_logprobs is not None and index == 0 else None)
         self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
