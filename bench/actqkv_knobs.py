@@ -45,7 +45,8 @@ def main(argv=None):
     parser.add_argument("--base", default="", help="NAME=V;... applied to every actqkv run (e.g. per_head=false)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    llm = LLM(args.model, max_model_len=args.length + 256, max_num_batched_tokens=2048)
+    llm = LLM(args.model, max_model_len=args.length + 256, max_num_batched_tokens=2048,
+              enable_prefix_caching=False)
     samples = make_samples(llm.get_tokenizer(), args.task, args.length, args.samples, args.seed)
     base = {"budget": args.budget, "positions": args.positions}
     actqkv_base = dict(parse_knobs(args.base))

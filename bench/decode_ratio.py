@@ -37,7 +37,8 @@ def prefilled_engine(model: str, length: int, kv: dict, max_tokens: int, kv_cach
     # the first requests decode while the others prefill: room for those tokens too, so that none finishes early
     max_tokens += batch * (length // CHUNK + 1)
     extra = {"kv_cache_memory": kv_cache_memory} if kv_cache_memory else {}
-    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=CHUNK, **extra)
+    llm = LLM(model, max_model_len=length + max_tokens + 64, max_num_batched_tokens=CHUNK,
+              enable_prefix_caching=False, **extra)
     engine = llm.engine
     vocab = llm.engine.runner.model_config.vocab_size
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)

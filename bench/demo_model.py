@@ -85,7 +85,7 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    llm = LLM(args.model, max_model_len=4096, decode_threads=1)
+    llm = LLM(args.model, max_model_len=4096, decode_threads=1, enable_prefix_caching=False)
     ablation = memory_ablation(llm, args.samples, args.length)
     rng = random.Random(7)
     count = lambda text: len(llm.get_tokenizer().encode(text, add_special_tokens=False))  # noqa: E731

@@ -113,7 +113,7 @@ def _run_until(engine, request, tokens: int):
 
 def decode_times(device: str, path: str, contexts: list[int], shape: str) -> list[dict]:
     llm = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
-              max_num_batched_tokens=4096)
+              max_num_batched_tokens=4096, enable_prefix_caching=False)
     offloaded = LLM(path, device=device, max_model_len=max(contexts) + 64, kv_cache_memory="8GiB",
                     max_num_batched_tokens=4096, max_num_seqs=8, kv_policy="actqkv", kv_offload=True)
     rows = []
@@ -145,7 +145,8 @@ def profile_decode(device: str, path: str, context: int, steps: int = 8) -> list
     import cProfile
     import pstats
     from torch.profiler import ProfilerActivity, profile
-    llm = LLM(path, device=device, max_model_len=context + 64, kv_cache_memory="8GiB", max_num_batched_tokens=4096)
+    llm = LLM(path, device=device, max_model_len=context + 64, kv_cache_memory="8GiB", max_num_batched_tokens=4096,
+              enable_prefix_caching=False)
     engine, rows = llm.engine, []
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     for policy in ("full", "actqkv"):

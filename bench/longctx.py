@@ -153,7 +153,8 @@ def main(argv=None):
     budgets = [int(x) for x in args.budgets.split(",")]
     runs = [(p, b) for p in policies for b in ([budgets[0]] if p == "full" else budgets)]
     llm = LLM(args.model, max_model_len=max(lengths) + 256, max_num_batched_tokens=2048,
-              kv_cache_memory="4GiB", prefill_threads=args.threads, decode_threads=args.threads)
+              kv_cache_memory="4GiB", prefill_threads=args.threads, decode_threads=args.threads,
+              enable_prefix_caching=False)   # each policy times the same prompts
     tok = llm.get_tokenizer()
     rows = []
     with tqdm(total=len(tasks) * len(lengths) * len(runs) * args.samples, desc="longctx") as bar:

@@ -116,14 +116,14 @@ def main(argv=None):
     rows = []
     with tqdm(total=len(batches) * (("demo" in models) + 2 * ("tinyllama" in models)), desc="sparse_mlp") as bar:
         if "demo" in models:
-            llm = LLM(args.demo_model, max_model_len=1024)
+            llm = LLM(args.demo_model, max_model_len=1024, enable_prefix_caching=False)
             rows += measure("demo", llm, ["relu"], batches, bar, args.accuracy_samples)
             del llm
         if "tinyllama" in models:
             from engine.calibrate import calibrate
             path = checkpoint("tinyllama")
             calibrate(path, args.target, tokens=args.calibration_tokens)
-            llm = LLM(path, max_model_len=512, kv_cache_memory="512MiB")
+            llm = LLM(path, max_model_len=512, kv_cache_memory="512MiB", enable_prefix_caching=False)
             specs = [f"teal:{args.target:g}", f"cats:{args.target:g}"]
             rows += measure("tinyllama", llm, specs, batches, bar, 0)
     print("| model | mode | batch | achieved sparsity | MLP speedup | decode speedup | accuracy Δ |")

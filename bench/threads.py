@@ -49,7 +49,8 @@ def main(argv=None):
     results = []
     with tqdm(total=len(counts) * len(args.shapes.split(","))) as bar:
         for shape in args.shapes.split(","):
-            llm = LLM(checkpoint(shape), max_model_len=1024, kv_cache_memory="1GiB", max_num_batched_tokens=1024)
+            llm = LLM(checkpoint(shape), max_model_len=1024, kv_cache_memory="1GiB", max_num_batched_tokens=1024,
+                      enable_prefix_caching=False)   # the same prompts are timed again and again
             run = lambda: llm.generate([[5] * 8], SamplingParams(max_tokens=2))  # noqa: E731  (warm-up)
             run()
             for n in counts:
