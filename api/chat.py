@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from api.errors import APIError, from_exception
 from api.generation import (EngineRun, RunStreamingResponse, final_outputs, log_ignored_fields,
                             sse, sse_stream, until_disconnect)
-from api.logprobs import chat_logprobs
+from api.logprobs import chat_logprobs, prompt_logprobs_json
 from api.protocol import ChatCompletionRequest, ChatMessage
 from api.sampling import to_sampling_params, usage
 
@@ -105,8 +105,11 @@ class _Chat:
             choices.append({"index": comp.index, "message": {"role": "assistant", "content": self.echo + comp.text},
                             "logprobs": lp, "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason})
         generated = sum(len(c.token_ids) for c in out.outputs)
-        return {**self._base("chat.completion"), "choices": choices, "usage": usage(len(self.prompt), generated),
+        body = {**self._base("chat.completion"), "choices": choices, "usage": usage(len(self.prompt), generated),
                 "system_fingerprint": None}
+        if self.req.prompt_logprobs is not None:
+            body["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+        return body
 
     def _chunk(self, index: int, delta: dict, logprobs=None, finish_reason=None, stop_reason=None, **extra) -> str:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from api.errors import APIError, from_exception
 from api.generation import (EngineRun, RunStreamingResponse, final_outputs, log_ignored_fields,
                             sse, sse_stream, until_disconnect)
-from api.logprobs import completion_logprobs, joined, prompt_completion_logprobs
+from api.logprobs import completion_logprobs, joined, prompt_completion_logprobs, prompt_logprobs_json
 from api.protocol import MAX_N, CompletionRequest
 from api.sampling import to_sampling_params, usage
 from engine.llm_engine import ContextLengthError, context_length_message
@@ -62,7 +62,7 @@ async def create_completion(req: CompletionRequest, raw: Request):
     rid = f"cmpl-{uuid.uuid4().hex}"
     ctx = _Context(state.model_name, rid, req, prompts,
                    lambda t: engine.tokenizer.decode([t], skip_special_tokens=False))
-    if max_tokens == 0 and prompt_logprobs is None:
+    if max_tokens == 0 and params.prompt_logprobs is None:
         for p in prompts:
             if len(p) > engine.max_model_len:
                 raise from_exception(ContextLengthError(
@@ -91,9 +91,12 @@ class _Context:
     def _base(self, obj="text_completion") -> dict:
         return {"id": self.rid, "object": obj, "created": self.created, "model": self.model}
 
-    def _choice(self, index, text, logprobs, finish_reason, stop_reason) -> dict:
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-                "stop_reason": stop_reason}
+    def _choice(self, index, text, logprobs, finish_reason, stop_reason, prompt_logprobs=None) -> dict:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
+                  "stop_reason": stop_reason}
+        if self.req.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = prompt_logprobs_json(prompt_logprobs)
+        return choice
 
     def _usage(self, completion_tokens: int) -> dict:
         return usage(sum(len(p) for p in self.prompts), completion_tokens)
@@ -104,7 +107,7 @@ class _Context:
             for comp in out.outputs:
                 lp = None if self.k is None else self._logprobs(out, comp.token_ids, comp.logprobs)
                 choices.append(self._choice(i * self.req.n + comp.index, self.echo[i] + comp.text, lp,
-                                            comp.finish_reason, comp.stop_reason))
+                                            comp.finish_reason, comp.stop_reason, out.prompt_logprobs))
                 generated += len(comp.token_ids)
         return {**self._base(), "choices": choices, "usage": self._usage(generated), "system_fingerprint": None}
 

@@ -54,3 +54,13 @@ def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: in
         return {"token": text, "logprob": clamp(lp.logprob), "bytes": list(text.encode("utf-8"))}
     return {"content": [{**item(t, e[t]), "top_logprobs": [item(tid, lp) for tid, lp in _top(e, k)]}
                         for t, e in zip(token_ids, entries)]}
+
+
+def prompt_logprobs_json(entries: list | None) -> list | None:
+    """vLLM's `prompt_logprobs` field: per prompt token None (the first) or {token id: {logprob, rank,
+    decoded_token}} with the prompt's token and the top alternatives."""
+    if entries is None:
+        return None
+    return [None if e is None else {str(t): {"logprob": clamp(lp.logprob), "rank": lp.rank,
+                                             "decoded_token": lp.decoded_token} for t, lp in e.items()}
+            for e in entries]

@@ -52,6 +52,7 @@ class SamplingFields(OpenAIModel):
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None   # logprobs of each prompt token (not with stream)
     # actserve extras: this request's KV retrieval (defaults: the server's --kv-* flags)
     kv_policy: Literal["full", "streaming", "infllm", "quest", "actqkv"] | None = None
     kv_budget: int | None = Field(None, ge=1)

@@ -19,7 +19,12 @@ def _or(value, default):
 
 def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None,
                        prompt_logprobs: int | None = None) -> SamplingParams:
-    """Build and validate; raises `SamplingParamsError` (-> 400 naming the parameter)."""
+    """Build and validate; raises `SamplingParamsError` (-> 400 naming the parameter). `prompt_logprobs`: what
+    the endpoint needs besides the request's own `prompt_logprobs` (the larger is used)."""
+    if req.prompt_logprobs is not None and req.stream:
+        raise APIError(400, "prompt_logprobs is not available with stream=true.", "prompt_logprobs")
+    if req.prompt_logprobs is not None:
+        prompt_logprobs = max(req.prompt_logprobs, prompt_logprobs or 0)
     return SamplingParams(
         n=req.n, temperature=_or(req.temperature, 1.0), top_p=_or(req.top_p, 1.0), top_k=_or(req.top_k, 0),
         min_p=_or(req.min_p, 0.0), seed=req.seed, presence_penalty=_or(req.presence_penalty, 0.0),

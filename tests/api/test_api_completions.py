@@ -175,3 +175,22 @@ def test_echo_with_logprobs_scores_the_prompt(client):
     streamed = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
     offsets = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.text_offset]
     assert streamed == lp.token_logprobs and offsets == lp.text_offset
+
+
+def test_prompt_logprobs_field(http):
+    """vLLM's `prompt_logprobs` extra: per choice in completions, top level in chat; the same numbers as echo."""
+    prompt = [9 + (31 * i) % 250 for i in range(10)]
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 2}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    got = choice["prompt_logprobs"]
+    assert len(got) == 10 and got[0] is None
+    assert all(str(t) in entry and 2 <= len(entry) <= 3 for t, entry in zip(prompt[1:], got[1:]))
+    echoed = http.post("/v1/completions", json={**body, "prompt_logprobs": None, "echo": True, "logprobs": 2}).json()
+    assert [e[str(t)]["logprob"] for t, e in zip(prompt[1:], got[1:])] == \
+        echoed["choices"][0]["logprobs"]["token_logprobs"][1:10]
+    chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 2, "prompt_logprobs": 0}).json()
+    assert chat["prompt_logprobs"][0] is None and len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"]
+    for bad in ({"prompt_logprobs": 21}, {"prompt_logprobs": 1, "stream": True}):
+        r = http.post("/v1/completions", json={**body, **bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs", r.text
