@@ -5,7 +5,8 @@ Each step hands out a token budget (`max_num_batched_tokens`). Running sequences
 budget, `max_num_seqs` and free blocks allow. Long prompts are prefilled in chunks across steps. When a running
 sequence needs a block and none is free, the most recently admitted one is preempted: its blocks are freed and it
 is recomputed from scratch later. With prefix caching, a sequence admitted from the queue first takes the cached
-blocks that hold the start of its tokens (engine.block_manager) and computes only the rest.
+blocks that hold the start of its tokens (engine.block_manager) and computes only the rest; the later sequences
+of a request with `n` > 1 wait for the first to compute the prompt, then share its blocks.
 """
 from collections import deque
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class Scheduler:
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
+            if self._waits_for_first_sibling(seq):
+                break
             prefix = self.block_manager.cached_prefix(seq)
             start = len(prefix) * self.block_manager.block_size
             n = self._chunk(seq, budget, start)
@@ -99,6 +102,15 @@ class Scheduler:
             scheduled.append(ScheduledSeq(seq, n))
             budget -= n
         return SchedulerOutput(scheduled, preempted)
+
+    def _waits_for_first_sibling(self, seq: Sequence) -> bool:
+        """Whether `seq`, a later sequence of a request with `n` > 1, waits until the first has computed the
+        prompt's full blocks, which it then takes from the prefix cache instead of computing them again."""
+        if seq.index == 0 or not self.block_manager.looks_up(seq):
+            return False
+        first = seq.request.seqs[0]
+        shared = (seq.num_prompt_tokens - 1) // self.block_manager.block_size * self.block_manager.block_size
+        return first.status == SequenceStatus.RUNNING and first.num_computed_tokens < shared
 
     @staticmethod
     def _chunk(seq: Sequence, budget: int, computed: int | None = None) -> int:

@@ -115,3 +115,25 @@ def test_selection_policies_neither_use_nor_fill_the_cache(engines):
     assert first.num_cached_tokens == second.num_cached_tokens == 0
     assert first.outputs[0].token_ids == second.outputs[0].token_ids
     assert cached.engine.block_manager.cached.keys() <= before.keys()   # their blocks may evict, never add
+
+
+def test_the_sequences_of_one_request_compute_its_prompt_once(checkpoint, engines):
+    _, plain = engines
+    # a step budget that would admit all three sequences at once
+    cached = LLM(checkpoint("llama"), max_model_len=256, block_size=8, num_kv_blocks=64, max_num_batched_tokens=512)
+    prompt = [3 + (17 * i) % 300 for i in range(70)]
+    params = SamplingParams(temperature=1.0, seed=5, max_tokens=8, ignore_eos=True, n=3)
+    computed = []
+    step = cached.engine.step
+
+    def counting_step():
+        out = step()
+        computed.append(cached.engine.last_step_tokens)
+        return out
+
+    cached.engine.step = counting_step
+    out = cached.generate([prompt], params)[0]
+    # the first sequence computes the 70 prompt tokens; the others only the 6 after the 8 full blocks it shares
+    assert sum(computed) == 70 + 2 * 6 + 3 * 7
+    expected = plain.generate([prompt], params)[0]
+    assert [c.token_ids for c in out.outputs] == [c.token_ids for c in expected.outputs]
