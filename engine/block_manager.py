@@ -69,7 +69,7 @@ class BlockManager:
         and at least its last token left to compute: that one's logits are needed). Looks up, takes nothing."""
         if seq.block_table or not self.looks_up(seq):
             return []
-        blocks, key = [], None
+        blocks = []
         for key in self._keys(seq, (seq.num_tokens - 1) // self.block_size):
             block = self.cached.get(key)
             if block is None:
