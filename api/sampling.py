@@ -24,6 +24,8 @@ def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: in
     if req.prompt_logprobs is not None and req.stream:
         raise APIError(400, "prompt_logprobs is not available with stream=true.", "prompt_logprobs")
     if req.prompt_logprobs is not None:
+        if not 0 <= req.prompt_logprobs <= 20:
+            raise APIError(400, f"prompt_logprobs must be in [0, 20], got {req.prompt_logprobs}.", "prompt_logprobs")
         prompt_logprobs = max(req.prompt_logprobs, prompt_logprobs or 0)
     return SamplingParams(
         n=req.n, temperature=_or(req.temperature, 1.0), top_p=_or(req.top_p, 1.0), top_k=_or(req.top_k, 0),

@@ -26,6 +26,7 @@ BAD = [
     ({"prompt": []}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": [[1, 2], []]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"), ({"prompt": [-1]}, "prompt"), ({"prompt": None}, "prompt"),
     ({"stream_options": {"include_usage": True}}, None), ({"echo": True, "logprobs": 21}, "logprobs"),
+    ({"prompt_logprobs": -1}, "prompt_logprobs"), ({"prompt_logprobs": "x"}, "prompt_logprobs"),
     ({"min_tokens": 20, "max_tokens": 5}, "min_tokens"), ({"max_tokens": 0, "prompt": [5] * 300}, "input_tokens"),
 ]
 
