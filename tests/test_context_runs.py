@@ -8,21 +8,17 @@ from engine.layers.context_runs import context_runs
 from tests.test_models import PROMPTS, hf_greedy, our_logits, reference
 
 
-def test_runs_and_the_rest():
+def test_runs_and_the_rest(monkeypatch):
     # blocks of 4 tokens; runs of >= 12 tokens are read in place
+    monkeypatch.setattr(runs_module, "MIN_RUN_TOKENS", 12)
     table = [4, 5, 6, 7, 1, 9, 10, 11, 12, 13, 30]
-    runs_module_min = runs_module.MIN_RUN_TOKENS
-    try:
-        runs_module.MIN_RUN_TOKENS = 12
-        got = context_runs(table, 37, 4)   # the last block (13) holds one token
-        assert got.runs == [(16, 16), (36, 17)]
-        assert got.rest.tolist() == [4, 5, 6, 7]
-        assert context_runs(table, 11, 4) is None             # too few tokens
-        assert context_runs([3, 1, 8, 6, 0], 20, 4) is None   # no two blocks consecutive
-        whole = context_runs(list(range(5, 15)), 40, 4)
-        assert whole.runs == [(20, 40)] and whole.rest is None
-    finally:
-        runs_module.MIN_RUN_TOKENS = runs_module_min
+    got = context_runs(table, 37, 4)   # the last block (13) holds one token
+    assert got.runs == [(16, 16), (36, 17)]
+    assert got.rest.tolist() == [4, 5, 6, 7]
+    assert context_runs(table, 11, 4) is None             # too few tokens
+    assert context_runs([3, 1, 8, 6, 0], 20, 4) is None   # no two blocks consecutive
+    whole = context_runs(list(range(5, 15)), 40, 4)
+    assert whole.runs == [(20, 40)] and whole.rest is None
 
 
 @pytest.fixture
