@@ -8,7 +8,8 @@
 1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
    `F.linear` at 50% density, batch 1/2/4, on the 1.1B shape's MLP matrices.
 2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal; the
-   retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict).
+   retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict); then prompts whose
+   blocks come from the prefix cache, and prompt logprobs, against the CPU.
 3. Prefill seconds and decode ms/token on the device, `full` vs `actqkv` (budget 2048, bounded) at the given
    contexts, random demo-shape weights (`decode`) and the ~1.1B TinyLlama shape (`decode_1b`; speed only); and
    `actqkv` with the pool offloaded to pinned host memory.
@@ -94,7 +95,24 @@ def check_policies(device: str, path: str) -> list[dict]:
                      "offloaded_tokens_equal_cpu": outs["cpu"] == outs["offload"] if "offload" in outs else None})
     hits, misses = engines["offload"].engine.runner.device_cache_counts()
     rows.append({"device_cache_hits": hits, "device_cache_misses": misses})
+    rows.append(check_prefix_cache_and_prompt_logprobs(engines["cpu"], engines[device], prompts, params))
     return rows
+
+
+def check_prefix_cache_and_prompt_logprobs(cpu: LLM, dev: LLM, prompts, params) -> dict:
+    """The prompts again under full attention (their blocks now come from the prefix cache, on both devices), and
+    their prompt logprobs, on the device against the CPU."""
+    before = dev.engine.scheduler.prefix_hit_tokens
+    again = {name: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": "full"})]
+             for name, llm in (("cpu", cpu), ("device", dev))}
+    scoring = SamplingParams(max_tokens=0, prompt_logprobs=2)
+    scored = {name: llm.generate(prompts[:1], scoring)[0].prompt_logprobs
+              for name, llm in (("cpu", cpu), ("device", dev))}
+    diff = max(abs(a[t].logprob - b[t].logprob) for a, b, t in zip(scored["cpu"][1:], scored["device"][1:],
+                                                                  prompts[0][1:]))
+    return {"prefix_cache_tokens_equal_cpu": again["cpu"] == again["device"],
+            "prefix_cache_hit_tokens": dev.engine.scheduler.prefix_hit_tokens - before,
+            "prompt_logprobs_max_abs_diff": diff}
 
 
 def _add_request(engine, request_id: str, n: int, policy: str, max_tokens: int):
