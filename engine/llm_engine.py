@@ -164,14 +164,14 @@ class LLMEngine:
         for seq, first, rows in prompt_logits:
             self.sampler.record_prompt_logprobs(rows, seq, first)
         sampling = [i for i, seq in enumerate(completing) if seq.params.max_tokens != 0]
-        tokens = self.sampler(logits[sampling], [completing[i] for i in sampling]) if sampling else []
+        tokens = iter(self.sampler(logits[sampling], [completing[i] for i in sampling]) if sampling else [])
         now = time.monotonic()
         touched: dict[str, Request] = {}
         for seq in completing:
             if seq.params.max_tokens == 0:   # the prompt only (its logprobs): done once it is prefilled
                 seq.finish("length")
             else:
-                token = tokens.pop(0)
+                token = next(tokens)
                 seq.token_ids.append(token)
                 append_and_check_stop(seq, seq.detokenizer.add(token), self.eos_token_ids, self.max_model_len)
                 seq.request.first_token_time = seq.request.first_token_time or now
