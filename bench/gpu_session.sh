@@ -15,6 +15,9 @@ set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 MODE=${MODE:-first}
 TRAIN_S=${TRAIN_S:-430}              # the training run's seconds (the first call spends up to 90 s on kernels first)
+BATCH_SCALE=${BATCH_SCALE:-6}        # a step is launch-bound (~2,000 small kernels): larger batches cost little more
+STAGE=${STAGE:-4}                    # main curriculum at 512-2,048 tokens: the bundle never saw positions past 1,024
+MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "$MODE" = first ] || [ ! -d /tmp/runs/demo ]; then
@@ -25,9 +28,10 @@ if [ "$MODE" = first ]; then   # the kernels' timings need the GPU to themselves
         > $OUT/gpu_check_kernels.log 2>&1
     echo "kernels done at ${SECONDS}s"
 fi
-(timeout $((TRAIN_S + 80)) python3 -m engine.demo.train --out /tmp/runs/demo --resume --batch-scale 2 \
+(timeout $((TRAIN_S + 80)) python3 -m engine.demo.train --out /tmp/runs/demo --resume --batch-scale $BATCH_SCALE \
     --device ${DEVICE:-cuda} --workers ${WORKERS:-12} --threads 1 --minutes $(python3 -c "print($TRAIN_S / 60)") \
-    --advance-on passkey --advance-at 0.9 --own-curriculum multikey,kv_retrieval --stats-every 4 > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
+    --advance-on passkey --advance-at 0.9 --own-curriculum multikey,kv_retrieval --stats-every 4 \
+    --stage $STAGE --mix $MIX > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
 if [ "$MODE" = first ]; then
     timeout 300 python3 -m bench.gpu_check --sections host_syncs,policies --json $OUT/gpu_check.json \
         > $OUT/gpu_check.log 2>&1
