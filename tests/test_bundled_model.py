@@ -31,13 +31,12 @@ def test_actserve_generate_defaults_to_the_bundled_model():
 
 
 def test_bundled_model_answers_passkey_prompts():
-    """Ten fresh 256-token passkey prompts, needles at random depths, greedy: the model in training gets 18 of 20
-    right at this length (20 of 20 in bench/RESULTS.md), so fewer than 7 of these 10 means the engine or the model
-    broke."""
+    """Ten fresh 512-token passkey prompts, needles at random depths, greedy: the model in training gets 98 of 100
+    right at this length (bench/RESULTS.md), so fewer than 8 of these 10 means the engine or the model broke."""
     llm = LLM(max_model_len=1024)
     tok = llm.get_tokenizer()
     rng = random.Random(2026)
-    samples = [passkey(rng, 256, rng.random(), lambda t: len(tok.encode(t, add_special_tokens=False)))
+    samples = [passkey(rng, 512, rng.random(), lambda t: len(tok.encode(t, add_special_tokens=False)))
                for _ in range(10)]
     outs = llm.generate([s.prompt for s in samples], SamplingParams(temperature=0, max_tokens=8))
-    assert sum(score(s, o.outputs[0].text) for s, o in zip(samples, outs)) >= 7
+    assert sum(score(s, o.outputs[0].text) for s, o in zip(samples, outs)) >= 8
