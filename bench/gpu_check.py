@@ -100,8 +100,11 @@ def check_policies(device: str, path: str) -> list[dict]:
 
 
 def check_prefix_cache_and_prompt_logprobs(cpu: LLM, dev: LLM, prompts, params) -> dict:
-    """The prompts again under full attention (their blocks now come from the prefix cache, on both devices), and
-    their prompt logprobs, on the device against the CPU."""
+    """The prompts twice under full attention (the second time their blocks come from the prefix cache, on both
+    devices: the policy sweep before has reused the blocks that the first `full` run cached), and their prompt
+    logprobs, on the device against the CPU."""
+    for llm in (cpu, dev):
+        llm.generate(prompts, params, kv={"policy": "full"})
     before = dev.engine.scheduler.prefix_hit_tokens
     again = {name: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": "full"})]
              for name, llm in (("cpu", cpu), ("device", dev))}

@@ -3,8 +3,9 @@
 # beside the device checks still open (the split-K sparse kernel's timing, host syncs in windowed attention, the
 # offloaded tiers' two-group fetch against the CPU).
 # Results land in $OUT (≤ 8 files come back; each ≤ 16 MiB).
-#   run(command="bash bench/gpu_session.sh", timeout_s=600)                      # first call: ~9 min
-#   run(command="MODE=continue TRAIN_S=150 bash bench/gpu_session.sh", timeout_s=240)   # if the machine is warm
+#   run(command="bash bench/gpu_session.sh", timeout_s=600)                      # first call: ~8 min (9 held)
+#   run(command="MODE=continue TRAIN_S=220 bash bench/gpu_session.sh", timeout_s=300)   # at once, while warm
+# Session 9 ran exactly these two (batch scale 6, then 2): 786 s of the 900 held, the bundle of step 12,261.
 # Multi-key needles and key-value retrieval train on their own curriculum (--own-curriculum): back at 128 tokens,
 # where the bundle had begun to learn multikey (exact 0.30 at step 1,000) before longer haystacks erased it.
 # `continue` resumes the run left in /tmp/runs/demo by the first call (optimizer state included). Then, here:
@@ -15,8 +16,8 @@ set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 MODE=${MODE:-first}
 TRAIN_S=${TRAIN_S:-430}              # the training run's seconds (the first call spends up to 90 s on kernels first)
-BATCH_SCALE=${BATCH_SCALE:-6}        # a step is launch-bound (~2,000 small kernels): larger batches cost little more
-STAGE=${STAGE:-4}                    # main curriculum at 512-2,048 tokens: the bundle never saw positions past 1,024
+BATCH_SCALE=${BATCH_SCALE:-2}        # ~245 k tokens/s at scale 2 and 6 alike (session 9): smaller batches, more steps
+STAGE=${STAGE:-4}                    # main curriculum at 512-2,048 tokens (the targets' lengths)
 MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
