@@ -200,11 +200,17 @@ class ModelRunner:
             start, row = seq.num_computed_tokens, len(ids)
             ids.extend(seq.token_ids[start:start + n])
             positions.extend(range(start, start + n))
-            all_slots = self._slots(seq.block_table, start + n)
-            slots.append(all_slots[start:])
+            slots.append(self._slots(seq.block_table, start + n, start))
             if item.completes:
                 sample_rows.append(row + n - 1)
             state = self._retrieval_state(seq)
+            whole_context = window is None or window >= start + n
+            if n == 1 and state is None and on_cpu and whole_context:
+                context = context_runs(seq.block_table, start + 1, bs)
+                if context is not None:   # read in place: the context's slots are not needed
+                    decode_in_place.append((row, context))
+                    continue
+            all_slots = self._slots(seq.block_table, start + n)
             if state is not None:
                 retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
                                                 torch.tensor(seq.block_table, dtype=torch.long, device=dev), state,
@@ -212,12 +218,7 @@ class ModelRunner:
                                                 block_table=list(seq.block_table)))
                 continue
             # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
-            whole_context = window is None or window >= start + n
             if n == 1:
-                context = context_runs(seq.block_table, start + 1, bs) if on_cpu and whole_context else None
-                if context is not None:
-                    decode_in_place.append((row, context))
-                    continue
                 decode_rows.append(row)
                 decode_slots.append(all_slots)
                 decode_lens.append(start + 1)
@@ -241,9 +242,11 @@ class ModelRunner:
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
 
-    def _slots(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
-        blocks = torch.tensor(block_table, dtype=torch.long)
-        return (blocks[:, None] * self.block_size + torch.arange(self.block_size)).flatten()[:num_tokens]
+    def _slots(self, block_table: list[int], num_tokens: int, start: int = 0) -> torch.Tensor:
+        """Cache slots of the tokens at positions start .. num_tokens - 1."""
+        bs, first = self.block_size, start // self.block_size
+        blocks = torch.tensor(block_table[first:-(-num_tokens // bs)], dtype=torch.long)
+        return (blocks[:, None] * bs + torch.arange(bs)).flatten()[start - first * bs:num_tokens - first * bs]
 
     def _decode_tensors(self, slots: list[torch.Tensor], lens: list[int], window: int | None) -> dict:
         longest = max(lens, default=0)
