@@ -6,7 +6,7 @@
                                                                              # after each section)
 
 1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
-   `F.linear` at 50% density, batch 1/2/4, on the 1.1B shape's MLP matrices.
+   `F.linear` at 50% density (batch 1/2/4) and 10% (batch 1/4), on the 1.1B shape's MLP matrices.
 2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal; the
    retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict); then prompts whose
    blocks come from the prefix cache, and prompt logprobs, against the CPU.
@@ -54,10 +54,10 @@ def check_kernels(device: str, hidden: int, inter: int) -> list[dict]:
     torch.manual_seed(0)
     w_down = torch.randn(hidden, inter)                              # down_proj [out, in]
     w_up = torch.randn(inter, hidden)
-    for batch in (1, 2, 4):
+    for batch, density in ((1, 0.5), (2, 0.5), (4, 0.5), (1, 0.1), (4, 0.1)):
         x = torch.randn(batch, inter)
-        idx = torch.randperm(inter)[: inter // 2].sort().values
-        row = {"batch": batch, "device": device}
+        idx = torch.randperm(inter)[: int(inter * density)].sort().values
+        row = {"batch": batch, "density": density, "device": device}
         if sparse_gemv_triton.available(torch.empty(0, device=device)):
             ref_sum = bag_sum(idx, w_down.t().contiguous(), x[:, idx].contiguous())
             d_idx, d_wt, d_x = idx.to(device), w_down.t().contiguous().to(device), x[:, idx].contiguous().to(device)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease (15 device minutes in all, ≤ 600 s per call): mostly more training of the bundled demo model,
-# beside the device checks still open (the split-K sparse kernel's timing, host syncs in windowed attention, the
-# offloaded tiers' two-group fetch against the CPU).
+# beside the device checks still open: the split-K sparse kernel at 10% density (the engine's CUDA threshold), the
+# prefix-cache comparison that now hits the cache, and where a decode step's time goes (`profile`, at 8k).
 # Results land in $OUT (≤ 8 files come back; each ≤ 16 MiB).
 #   run(command="bash bench/gpu_session.sh", timeout_s=600)                      # first call: ~8 min (9 held)
 #   run(command="MODE=continue TRAIN_S=220 bash bench/gpu_session.sh", timeout_s=300)   # at once, while warm
@@ -34,7 +34,8 @@ fi
     --advance-on passkey --advance-at 0.9 --own-curriculum multikey,kv_retrieval --stats-every 4 \
     --stage $STAGE --mix $MIX > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
 if [ "$MODE" = first ]; then
-    timeout 300 python3 -m bench.gpu_check --sections host_syncs,policies --json $OUT/gpu_check.json \
+    timeout 300 python3 -m bench.gpu_check --sections host_syncs,policies,profile --contexts 8192 \
+        --json $OUT/gpu_check.json \
         > $OUT/gpu_check.log 2>&1
     echo "checks done at ${SECONDS}s"
 fi
