@@ -58,6 +58,17 @@ def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
     assert any((wa[name] != wc[name]).any() for name in wa)
 
 
+def test_bounded_position_steps_train_another_model(tmp_path):
+    """--bounded-frac 1: every step attends keys beyond the local window at one distance (engine.layers.bounded_dense,
+    checked against the engine in tests/test_bounded_dense.py); 128-token rows with a 16-token window have such keys."""
+    plain = train(tmp_path / "plain", "--steps", "2", "--stage", "1")
+    bounded = train(tmp_path / "bounded", "--steps", "2", "--stage", "1", "--bounded-frac", "1",
+                    "--bounded-local", "16")
+    assert plain["step"] == bounded["step"] == 2
+    wp, wb = (load_file(str(tmp_path / x / "model.safetensors")) for x in ("plain", "bounded"))
+    assert any((wp[name] != wb[name]).any() for name in wp)
+
+
 def test_resume_from_exported_checkpoint_without_optimizer_state(tmp_path):
     first = train(tmp_path / "m", "--steps", "3")
     os.remove(tmp_path / "m" / "train_state.pt")

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -154,6 +155,11 @@ def main(argv=None):
     parser.add_argument("--stage", type=int, default=None,
                         help="start (or resume) the main curriculum at this stage: maximum length "
                              "lengths[stage] (0: the shortest); the tasks on their own curriculum keep theirs")
+    parser.add_argument("--bounded-frac", type=float, default=0.0,
+                        help="fraction of steps trained with bounded positions (engine.layers.bounded_dense): keys "
+                             "beyond the local window at one distance, as bounded KV retrieval shows them")
+    parser.add_argument("--bounded-local", type=int, default=512,
+                        help="the local window of those steps (the engine's --kv-local; sinks 64, blocks of 32)")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
@@ -245,6 +251,9 @@ def main(argv=None):
         ids, weights, answers, tasks = (t.to(args.device, non_blocking=True) if torch.is_tensor(t) else t
                                         for t in made)
         with_stats = record["step"] % args.stats_every == 0
+        bounded = random.Random(f"{args.seed}-bounded-{record['step']}").random() < args.bounded_frac
+        for layer in model.model.layers:
+            layer.self_attn.bounded = (args.bounded_local, 32, 64) if bounded else None
         loss, acc, per_task = (loss_and_accuracy(model, ids, weights, answers, tasks, body) if with_stats
                                else (loss_and_accuracy(model, ids, weights, answers, None, body, stats=False), 0, {}))
         optimizer.zero_grad(set_to_none=True)

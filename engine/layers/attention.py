@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retrieval_attention
 from engine.layers.attention_pieces import flash_piece, merge_pieces
+from engine.layers.bounded_dense import bounded_causal_attention
 from engine.layers.context_runs import ContextRuns, context_pieces
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.rotary import apply_rotary
@@ -62,6 +63,7 @@ class Attention(torch.nn.Module):
         self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=o_bias)
         self.scale = head_dim ** -0.5
         self.layer_idx = 0  # set by the model; indexes per-layer retrieval state
+        self.bounded: tuple[int, int, int] | None = None   # training: (local, block size, sink tokens), see below
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata | None,
                 kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -107,11 +109,17 @@ class Attention(torch.nn.Module):
         return self.o_proj(out.view(n, -1))
 
     def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
+        """Plain causal attention; with `bounded` set, the engine's bounded-position retrieval attention with every
+        block retrieved (engine.layers.bounded_dense), for training."""
         b, t, _ = x.shape
-        q = apply_rotary(self.q_proj(x).view(b, t, self.heads, self.head_dim), cos_sin)
-        k = apply_rotary(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim), cos_sin)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
-        return self.o_proj(self._attend(q, k, v, None).reshape(b, t, -1))
+        if self.bounded is not None:
+            out = bounded_causal_attention(q, k, v, cos_sin, *self.bounded, self.scale)
+        else:
+            out = self._attend(apply_rotary(q, cos_sin), apply_rotary(k, cos_sin), v, None)
+        return self.o_proj(out.reshape(b, t, -1))
 
     def _attend_decode(self, q, k, v, mask):
         """One query per sequence: q [B, H, D], k/v [B, L, Hkv, D] -> [B, H, D]. The query heads that share a KV
