@@ -10,7 +10,9 @@
 # where the bundle had begun to learn multikey (exact 0.30 at step 1,000) before longer haystacks erased it.
 # `continue` resumes the run left in /tmp/runs/demo by the first call (optimizer state included). Then, here:
 # python -m bench.longctx --model DIR --tasks passkey,multikey --lengths 256,512,1024,2048 --policies full \
-#     --samples 20 --no-timing --threads 1      (DIR: demo.tgz unpacked), against the bundle; bundle if better.
+#     --samples 100 --seed 7 --no-timing --threads 1      (DIR: demo.tgz unpacked), against the bundle, and
+# python -m bench.longctx --model DIR --tasks passkey --lengths 2048,8192 --policies actqkv --budgets 2048 \
+#     --positions bounded --samples 50 --no-timing       (bounded retrieval); bundle if better.
 # Session 4 ran an earlier form (two candidates side by side, then the device timings: bench/RESULTS.md).
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -19,6 +21,8 @@ TRAIN_S=${TRAIN_S:-430}              # the training run's seconds (the first cal
 BATCH_SCALE=${BATCH_SCALE:-2}        # ~245 k tokens/s at scale 2 and 6 alike (session 9): smaller batches, more steps
 STAGE=${STAGE:-4}                    # main curriculum at 512-2,048 tokens (the targets' lengths)
 MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
+BOUNDED_FRAC=${BOUNDED_FRAC:-0.3}    # steps with bounded positions: session 9's bundle answers nothing through bounded
+                                     # retrieval (0.04 at 8k, 0.24 at 2k); ~20 GB of score matrices per such step
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "$MODE" = first ] || [ ! -d /tmp/runs/demo ]; then
@@ -32,7 +36,7 @@ fi
 (timeout $((TRAIN_S + 80)) python3 -m engine.demo.train --out /tmp/runs/demo --resume --batch-scale $BATCH_SCALE \
     --device ${DEVICE:-cuda} --workers ${WORKERS:-12} --threads 1 --minutes $(python3 -c "print($TRAIN_S / 60)") \
     --advance-on passkey --advance-at 0.9 --own-curriculum multikey,kv_retrieval --stats-every 4 \
-    --stage $STAGE --mix $MIX > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
+    --stage $STAGE --mix $MIX --bounded-frac $BOUNDED_FRAC > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
 if [ "$MODE" = first ]; then
     timeout 300 python3 -m bench.gpu_check --sections host_syncs,policies,profile --contexts 8192 \
         --json $OUT/gpu_check.json \
