@@ -58,7 +58,7 @@ class BlockManager:
             if self.ref_counts[block] == 0:
                 self.free_blocks[block] = None
         seq.block_table = []
-        seq.block_keys = []
+        seq.num_registered = 0
 
     def looks_up(self, seq: Sequence) -> bool:
         """Whether `seq` may take cached blocks (prompt logprobs need every prompt token's logits: no)."""
@@ -84,26 +84,27 @@ class BlockManager:
                 del self.free_blocks[block]
             self.ref_counts[block] += 1
         seq.block_table = list(prefix)
-        seq.block_keys = [self.key_of[b] for b in prefix]
+        seq.num_registered = len(prefix)
         seq.num_computed_tokens = len(prefix) * self.block_size
 
     def register(self, seq: Sequence):
         """Register the full blocks `seq` has computed since the last call, so that later sequences find them."""
         if not (self.enable_caching and seq.cacheable):
             return
-        done = len(seq.block_keys)
-        for i, key in enumerate(self._keys(seq, seq.num_computed_tokens // self.block_size, done), start=done):
-            seq.block_keys.append(key)
+        done, full = seq.num_registered, seq.num_computed_tokens // self.block_size
+        for i, key in enumerate(self._keys(seq, full, done), start=done):
             block = seq.block_table[i]
             if key not in self.cached and block not in self.key_of:   # the first block computed with it wins
                 self.cached[key] = block
                 self.key_of[block] = key
+        seq.num_registered = max(done, full)
 
     def _keys(self, seq: Sequence, num_blocks: int, start: int = 0):
         """The keys of the sequence's blocks start..num_blocks-1: each is the SHA-256 of the key before it and its
-        token ids."""
-        parent = seq.block_keys[start - 1] if start else b""
-        bs = self.block_size
+        token ids. Hashed once per sequence (kept in `seq.block_keys`: a waiting prompt is looked up every step)."""
+        keys, bs = seq.block_keys, self.block_size
         for i in range(start, num_blocks):
-            parent = hashlib.sha256(parent + array("q", seq.token_ids[i * bs:(i + 1) * bs]).tobytes()).digest()
-            yield parent
+            while len(keys) <= i:
+                j, parent = len(keys), keys[-1] if keys else b""
+                keys.append(hashlib.sha256(parent + array("q", seq.token_ids[j * bs:(j + 1) * bs]).tobytes()).digest())
+            yield keys[i]

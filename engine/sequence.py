@@ -28,7 +28,8 @@ class Sequence:
         self.num_prompt_tokens = len(self.token_ids)
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
-        self.block_keys: list[bytes] = []   # prefix-cache keys of its full computed blocks (engine.block_manager)
+        self.block_keys: list[bytes] = []   # prefix-cache keys of its first full token blocks, hashed so far
+        self.num_registered = 0             # of its blocks, those registered in the prefix cache (engine.block_manager)
         self.status = SequenceStatus.WAITING
         self.generator = generator
         self.detokenizer = detokenizer
