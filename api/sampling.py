@@ -21,9 +21,9 @@ def to_sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: in
                        prompt_logprobs: int | None = None) -> SamplingParams:
     """Build and validate; raises `SamplingParamsError` (-> 400 naming the parameter). `prompt_logprobs`: what
     the endpoint needs besides the request's own `prompt_logprobs` (the larger is used)."""
-    if req.prompt_logprobs is not None and req.stream:
-        raise APIError(400, "prompt_logprobs is not available with stream=true.", "prompt_logprobs")
     if req.prompt_logprobs is not None:
+        if req.stream:
+            raise APIError(400, "prompt_logprobs is not available with stream=true.", "prompt_logprobs")
         if not 0 <= req.prompt_logprobs <= 20:
             raise APIError(400, f"prompt_logprobs must be in [0, 20], got {req.prompt_logprobs}.", "prompt_logprobs")
         prompt_logprobs = max(req.prompt_logprobs, prompt_logprobs or 0)

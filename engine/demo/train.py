@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from engine.config import EngineConfig
 from engine.demo.batches import GENERATORS, TASK_MIX, Batcher, ParallelBatcher, parse_mix
 from engine.demo.tokenizer import train_tokenizer
+from engine.kv.config import KVConfig
 from engine.models.memory_llama import MemoryLlamaForCausalLM
 from engine.models.model_config import ModelConfig
 
@@ -159,7 +161,7 @@ def main(argv=None):
                         help="fraction of steps trained with bounded positions (engine.layers.bounded_dense): keys "
                              "beyond the local window at one distance, as bounded KV retrieval shows them")
     parser.add_argument("--bounded-local", type=int, default=512,
-                        help="the local window of those steps (the engine's --kv-local; sinks 64, blocks of 32)")
+                        help="the local window of those steps (the engine's --kv-local; its default sinks and blocks)")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
@@ -231,6 +233,8 @@ def main(argv=None):
             parser.error(f"--own-curriculum: unknown task {task!r} (one of {', '.join(GENERATORS)})")
         own.setdefault(task, 0)
     budget_s = minutes * 60
+    block = EngineConfig.block_size   # bounded steps: the engine's default blocks and sinks
+    bounded_layout = (args.bounded_local, block, KVConfig().sink_tokens(block))
     start = time.monotonic() - record["elapsed_s"]
     run_start_s, run_start_step = record["elapsed_s"], record["step"]
     acc_ema, loss_ema, last_save = record.get("acc_ema", 0.0), record.get("loss_ema"), time.monotonic()
@@ -253,7 +257,7 @@ def main(argv=None):
         with_stats = record["step"] % args.stats_every == 0
         bounded = random.Random(f"{args.seed}-bounded-{record['step']}").random() < args.bounded_frac
         for layer in model.model.layers:
-            layer.self_attn.bounded = (args.bounded_local, 32, 64) if bounded else None
+            layer.self_attn.bounded = bounded_layout if bounded else None
         loss, acc, per_task = (loss_and_accuracy(model, ids, weights, answers, tasks, body) if with_stats
                                else (loss_and_accuracy(model, ids, weights, answers, None, body, stats=False), 0, {}))
         optimizer.zero_grad(set_to_none=True)

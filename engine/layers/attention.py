@@ -115,7 +115,7 @@ class Attention(torch.nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
-        if self.bounded is not None:
+        if self.bounded is not None and t > self.bounded[0]:   # shorter: every key is within the local window
             out = bounded_causal_attention(q, k, v, cos_sin, *self.bounded, self.scale)
         else:
             out = self._attend(apply_rotary(q, cos_sin), apply_rotary(k, cos_sin), v, None)
