@@ -56,7 +56,7 @@ class SamplingFields(OpenAIModel):
     # actserve extras: this request's KV retrieval (defaults: the server's --kv-* flags)
     kv_policy: Literal["full", "streaming", "infllm", "quest", "actqkv"] | None = None
     kv_budget: int | None = Field(None, ge=1)
-    kv_positions: Literal["original", "bounded"] | None = None
+    kv_positions: Literal["original", "bounded", "compressed"] | None = None
     kv_question: str | None = Field(None, max_length=4096)   # ActQKV's question term: what the prompt is asked
     mlp_sparsity: str | None = Field(None, pattern=r"^(dense|relu|(teal|cats):[0-9.]+)$")
 

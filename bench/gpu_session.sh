@@ -12,7 +12,9 @@
 # python -m bench.longctx --model DIR --tasks passkey,multikey --lengths 256,512,1024,2048 --policies full \
 #     --samples 100 --seed 7 --no-timing --threads 1      (DIR: demo.tgz unpacked), against the bundle, and
 # python -m bench.longctx --model DIR --tasks passkey --lengths 2048,8192 --policies actqkv --budgets 2048 \
-#     --positions bounded --samples 50 --no-timing       (bounded retrieval); bundle if better.
+#     --positions bounded --samples 50 --no-timing       (bounded retrieval; also --positions compressed), and
+# python -m bench.passkey_cuts --model DIR --samples 100  (the key found by content, not by distance); bundle if
+#     better.
 # Session 4 ran an earlier form (two candidates side by side, then the device timings: bench/RESULTS.md).
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -23,6 +25,8 @@ STAGE=${STAGE:-4}                    # main curriculum at 512-2,048 tokens (the 
 MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
 BOUNDED_FRAC=${BOUNDED_FRAC:-0.3}    # steps with bounded positions: session 9's bundle answers nothing through bounded
                                      # retrieval (0.04 at 8k, 0.24 at 2k); ~20 GB of score matrices per such step
+PASSKEY_DROP=${PASSKEY_DROP:-0.1}    # noise sentences left out: session 9's bundle found the key by its distance from
+                                     # the question (a whole number of noise lines), so any cut broke it (session 10)
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "$MODE" = first ] || [ ! -d /tmp/runs/demo ]; then
@@ -36,7 +40,8 @@ fi
 (timeout $((TRAIN_S + 80)) python3 -m engine.demo.train --out /tmp/runs/demo --resume --batch-scale $BATCH_SCALE \
     --device ${DEVICE:-cuda} --workers ${WORKERS:-12} --threads 1 --minutes $(python3 -c "print($TRAIN_S / 60)") \
     --advance-on passkey --advance-at 0.9 --own-curriculum multikey,kv_retrieval --stats-every 4 \
-    --stage $STAGE --mix $MIX --bounded-frac $BOUNDED_FRAC > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
+    --stage $STAGE --mix $MIX --bounded-frac $BOUNDED_FRAC --passkey-drop $PASSKEY_DROP \
+    > $OUT/train.log 2>&1; echo "exit $?" >> $OUT/train.log) &
 if [ "$MODE" = first ]; then
     timeout 300 python3 -m bench.gpu_check --sections host_syncs,policies,profile --contexts 8192 \
         --json $OUT/gpu_check.json \

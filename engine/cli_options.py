@@ -26,7 +26,8 @@ _HELP = {
     "kv_budget": "KV tokens attended per layer per step (sink + local + retrieved blocks)",
     "kv_sink": "first tokens always attended",
     "kv_local": "most recent tokens always attended",
-    "kv_positions": "original | bounded (retrieved blocks attended just past the local window)",
+    "kv_positions": "original | bounded (retrieved blocks attended just past the local window) | compressed "
+                    "(side by side in order, just before the local window)",
     "kv_window": "prefill query tokens per retrieval",
     "kv_repr_topk": "most-attended keys averaged into a block representative",
     "kv_per_head": "actqkv: select blocks per KV head (true/false; default false: per head finds more needle "

@@ -36,7 +36,7 @@ class EngineConfig:
     kv_budget: int = 2048                     # KV tokens attended per layer per step under a selection policy
     kv_sink: int = 64                         # first tokens always attended
     kv_local: int = 512                       # most recent tokens always attended
-    kv_positions: str = "original"            # original | bounded (retrieved blocks just past the local window)
+    kv_positions: str = "original"            # original | bounded | compressed (engine.kv.retrieval_attention)
     kv_window: int = 256                      # prefill query tokens per retrieval
     kv_repr_topk: int = 2                     # keys averaged into a block representative (measured: RESULTS.md)
     kv_per_head: bool = False                 # actqkv: select blocks per KV head (measured: bench/RESULTS.md)

@@ -37,6 +37,23 @@ def test_passkey_layout_and_depth(count):
     assert at(shallow) < 0.2 < 0.8 < at(deep)
 
 
+def test_passkey_noise_can_leave_out_sentences_for_training(count):
+    """drop=0 is the exact format and draws nothing more; drop > 0 leaves out whole noise sentences, so the
+    distance from the needle to the question is no longer a whole number of noise lines."""
+    exact = GENERATORS["passkey"](random.Random(4), 1024, 0.3, count)
+    assert GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, drop=0.0) == exact
+    jittered = GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, drop=0.1)
+    assert jittered.references == exact.references and jittered.answer == exact.answer
+    assert jittered.prompt.endswith("What is the pass key? The pass key is")
+    def noise(sample):   # the noise before and after the needle
+        body = sample.prompt[len(PASSKEY_TASK):-len("What is the pass key? The pass key is")]
+        needle = f"The pass key is {sample.references[0]}. Remember it. {sample.references[0]} is the pass key.\n"
+        return body.split(needle)
+    assert all(len(part) % len(NOISE) == 0 for part in noise(exact))
+    assert any(len(part) % len(NOISE) != 0 for part in noise(jittered))   # not whole lines any more
+    assert 0.8 * len("".join(noise(exact))) < len("".join(noise(jittered))) < len("".join(noise(exact)))
+
+
 def test_multikey_has_distractors_and_one_answer(count):
     s = GENERATORS["multikey"](random.Random(1), 1024, 0.5, count)
     query = s.prompt.rsplit("for ", 1)[1].split(" mentioned")[0]

@@ -41,12 +41,13 @@ def generate(path, prompts, n=12, **kv):
 PROMPTS = [[3 + (i * 37 + j * 11) % 370 for i in range(600 + 50 * j)] for j in range(2)]
 
 
-@pytest.mark.parametrize("positions", ["original", "bounded"])
+@pytest.mark.parametrize("positions", ["original", "bounded", "compressed"])
 def test_actqkv_with_budget_beyond_context_equals_full(checkpoint, positions):
+    """Every block retrieved: original and compressed positions are then the true ones; bounded ones are not."""
     path = checkpoint("llama")
     full, _ = generate(path, PROMPTS)
     wide, llm = generate(path, PROMPTS, kv_policy="actqkv", kv_budget=100000, kv_positions=positions)
-    assert wide == full if positions == "original" else len(wide[0]) == 12
+    assert wide == full if positions != "bounded" else len(wide[0]) == 12
 
 
 @pytest.mark.parametrize("policy", ["streaming", "infllm", "quest", "actqkv"])
@@ -224,6 +225,10 @@ def test_actqkv_per_kv_head_selection_runs_within_budget(checkpoint, positions):
     assert len(with_shared[0]) == 5
 
 
+TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64, "intermediate_size": 8,
+               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
 def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
     """retrieval_attention (one layer) of a sequence of n random queries, keys and values in a random block pool
     (block size 16, 4 query heads, 2 KV heads, head_dim 16): the first `prompt` tokens prefilled in one slice,
@@ -234,8 +239,7 @@ def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
     slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
     k_flat, v_flat = torch.randn(pool * bs, kv_heads, dim), torch.randn(pool * bs, kv_heads, dim)
     q = torch.randn(n, heads, dim)
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 64,
-                                 "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads})
+    cfg = ModelConfig.from_dict(TINY_CONFIG)
     ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, q.device), RotaryEmbedding(cfg, 1024), bs)
     state = SequenceKVState(kv, 1, q.device)
     out = [retrieval_attention(q[:prompt], k_flat, v_flat, RetrievalSlice(0, prompt, 0, slots[:prompt], blocks, state),
@@ -247,7 +251,8 @@ def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
 
 
 @pytest.mark.parametrize("positions,per_head,cutoff", [("original", False, "entropy"), ("bounded", True, "entropy"),
-                                                       ("original", True, "top_p"), ("bounded", False, "top_p")])
+                                                       ("original", True, "top_p"), ("bounded", False, "top_p"),
+                                                       ("compressed", True, "entropy"), ("compressed", False, "top_p")])
 def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
     """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
     the blocks the CPU path slices out."""
@@ -267,7 +272,8 @@ def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positio
     assert (outputs[0] - outputs[1]).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("positions,per_head", [("original", True), ("bounded", True), ("bounded", False)])
+@pytest.mark.parametrize("positions,per_head", [("original", True), ("bounded", True), ("bounded", False),
+                                               ("compressed", False)])
 def test_tile_cache_attends_exactly_what_the_pool_gathers(monkeypatch, positions, per_head):
     """Reading the sinks and retrieved blocks through the TileCache (kept across steps, un-rotated once) gives the
     same outputs as gathering them from the pool each window; later decode steps hit the cache."""
@@ -312,3 +318,27 @@ def test_tile_cache_keeps_the_recently_used_tiles():
     assert loads[-1] == [(5, 0)] and (cache.hits, cache.misses) == (6, 8)
     with pytest.raises(ValueError, match="needs 8 tiles"):
         cache.gather(torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]]), 8, load)
+
+
+def test_compressed_positions_attend_the_kept_keys_side_by_side():
+    """A decode step with compressed positions equals plain attention over the attended keys alone, placed at
+    positions 0, 1, .. in their order (the sinks, the retrieved blocks, then the local region up to the query)."""
+    from engine.layers.rotary import rotate_by
+    kv = KVConfig(policy="quest", budget=160, sink=16, local=64, window=32, positions="compressed", trace=True)
+    n, bs = 400, 16
+    out, state = one_sequence(kv, n=n, prompt=n - 1, pool=32, seed=2)
+    torch.manual_seed(2)   # one_sequence's draws again
+    blocks = torch.randperm(32)[: -(-n // bs)]
+    slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
+    k_flat, v_flat = torch.randn(32 * bs, 2, 16), torch.randn(32 * bs, 2, 16)
+    q = torch.randn(n, 4, 16)
+    selected, sink_end, local_start = state.last_attended[0]
+    assert 0 < len(selected) and local_start > sink_end + len(selected) * bs   # some blocks were left out
+    kept = [t for t in range(n) if t < sink_end or t >= local_start or t // bs in selected]
+    rotary = RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 1024)
+    where = torch.arange(len(kept))
+    keys = rotate_by(k_flat[slots[kept]], where - torch.tensor(kept), rotary, n)      # [S, Hkv, D] at 0, 1, ..
+    query = rotate_by(q[-1:], torch.tensor([len(kept) - n]), rotary, n)
+    ref = F.scaled_dot_product_attention(query.transpose(0, 1)[None], keys.transpose(0, 1)[None],
+                                         v_flat[slots[kept]].transpose(0, 1)[None], enable_gqa=True)
+    assert (out[-1] - ref[0, :, 0]).abs().max() < 1e-5

@@ -33,10 +33,11 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
 class Batcher:
     """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
 
-    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None):
+    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None, passkey_drop: float = 0.0):
         self.tok = tokenizer
         self.rng = random.Random(seed)
         self.mix = mix or TASK_MIX
+        self.passkey_drop = passkey_drop   # most passkey haystacks leave out up to this fraction of noise sentences
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
@@ -52,6 +53,8 @@ class Batcher:
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
             return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
+        if task == "passkey" and self.passkey_drop > 0 and self.rng.random() < 0.8:   # some keep the exact format
+            extra = {"drop": self.rng.uniform(0.0, self.passkey_drop)}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
         ids = self.tok.encode(sample.prompt)
         is_answer = [False] * len(ids)
@@ -84,12 +87,13 @@ class ParallelBatcher:
     Batch i is generated from its own seed (`seed`-`i`); batches made ahead for a length bucket that the
     curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
-    def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None):
+    def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None,
+                 passkey_drop: float = 0.0):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(tokenizer, mix))
+                                        initializer=_init_worker, initargs=(tokenizer, mix, passkey_drop))
         self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
         atexit.register(self.close)   # also when training stops on an exception
 
@@ -111,10 +115,10 @@ class ParallelBatcher:
 _worker_batcher: Batcher | None = None
 
 
-def _init_worker(tokenizer, mix):
+def _init_worker(tokenizer, mix, passkey_drop):
     global _worker_batcher
     torch.set_num_threads(1)
-    _worker_batcher = Batcher(tokenizer, 0, mix)
+    _worker_batcher = Batcher(tokenizer, 0, mix, passkey_drop)
 
 
 def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):

@@ -42,15 +42,29 @@ def _fill(units: list[str], budget: int, count_tokens: CountTokens) -> int:
     return max(0, int(budget / per_unit))
 
 
-def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens) -> TaskSample:
+def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
+            drop: float = 0.0) -> TaskSample:
+    """`drop` (training only): the chance that each noise sentence is left out, so that the distance from the
+    needle to the question is no longer a whole number of noise lines (else a model can learn to find the key's
+    digits by that distance and fails once retrieval moves the blocks: bench/RESULTS.md, session 10)."""
     key = str(rng.randint(10000, 99999))
     needle = f"The pass key is {key}. Remember it. {key} is the pass key.\n"
     question = "What is the pass key? The pass key is"
     fixed = count_tokens(PASSKEY_TASK + needle + question)
     n = _fill([NOISE], length - fixed, count_tokens)
     before = round(n * depth)
-    prompt = PASSKEY_TASK + NOISE * before + needle + NOISE * (n - before) + question
+    prompt = (PASSKEY_TASK + _noise(rng, before, drop) + needle + _noise(rng, n - before, drop) + question)
     return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8, question=question)
+
+
+NOISE_SENTENCES = re.findall(r"[^.]+\.\s", NOISE)
+
+
+def _noise(rng: random.Random, lines: int, drop: float) -> str:
+    """`lines` lines of NOISE, each sentence left out with probability `drop`."""
+    if drop <= 0:
+        return NOISE * lines
+    return "".join(s for _ in range(lines) for s in NOISE_SENTENCES if rng.random() >= drop)
 
 
 def _word_key(rng: random.Random) -> str:

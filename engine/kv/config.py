@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from engine.sampling_params import SamplingParamsError
 
 POLICIES = ("full", "streaming", "infllm", "quest", "actqkv")
-POSITIONS = ("original", "bounded")
+POSITIONS = ("original", "bounded", "compressed")
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,8 @@ class KVConfig:
     budget: int = 2048            # tokens attended per layer per step: sink + local + selected blocks (mean over layers)
     sink: int = 64                # first tokens, always attended
     local: int = 512              # most recent tokens, always attended (causal inside a prefill window)
-    positions: str = "original"   # original: true positions; bounded: sinks and retrieved blocks sit just past local
+    positions: str = "original"   # original: true positions; bounded: sinks and retrieved blocks sit just past local;
+    #                               compressed: they sit side by side, in order, just before local
     window: int = 256             # prefill query tokens per retrieval
     repr_topk: int = 2            # keys averaged into a block's representative (most attended in the local window)
     per_head: bool = False        # actqkv: select per KV head (finds more needles, answers fewer: bench/RESULTS.md)

@@ -6,8 +6,10 @@ Each window [a, b) of up to `window` queries (one token at decode) attends to:
   sink + local + (block − 1) + selected blocks tokens, within the budget.
 Candidates are the whole blocks between the sinks and the local region. With `positions="bounded"` the sinks and
 retrieved keys are attended as if they sat `local` tokens before each query (queries and keys rotated to one
-relative angle, InfLLM's scheme); local keys keep their true positions. The `full` policy is the same code with
-every key in the local region, so it is exact attention.
+relative angle, InfLLM's scheme); with `positions="compressed"` they keep their order and sit side by side at
+positions 0, 1, .., G−1, and the local region follows at G (the context as if the blocks left out were cut from it).
+Either way local keys keep their relative positions. The `full` policy is the same code with every key in the local
+region, so it is exact attention.
 
 A window's attention is computed as flash-attention pieces (global keys; local keys before the window; the window
 itself, causal) merged by their log-sum-exp, so no score matrix is materialised except for the local keys of the
@@ -107,7 +109,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
                             local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
-                            bounded=cfg.positions == "bounded", record_received=cfg.policy in REPRESENTATIVE_POLICIES,
+                            positions_mode=cfg.positions, record_received=cfg.policy in REPRESENTATIVE_POLICIES,
                             ready=ready, tiles=tiles, block_ids=item.block_ids)
         attended_global = (global_blocks.shape[-1] * bs if block_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
@@ -188,8 +190,8 @@ def _tiles(item: RetrievalSlice, layer: int, k_flat: torch.Tensor, bs: int) -> T
     return tiles
 
 
-def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext, bounded: bool, max_position: int):
-    """TileCache's loader: keys (un-rotated if `bounded`) and values [m, bs, D] of KV `heads` [m] of logical
+def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext, pre_rope: bool, max_position: int):
+    """TileCache's loader: keys (un-rotated if `pre_rope`) and values [m, bs, D] of KV `heads` [m] of logical
     `blocks` [m], gathered from the pool's flat views."""
     bs, kv_heads, dim = ctx.block_size, k_flat.shape[1], k_flat.shape[-1]
 
@@ -197,7 +199,7 @@ def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext,
         slots = block_ids[blocks][:, None] * bs + torch.arange(bs, device=blocks.device)        # [m, bs]
         rows = (slots * kv_heads + heads[:, None]).flatten()                                     # into [slots·Hkv, D]
         keys = k_flat.reshape(-1, dim).index_select(0, rows).float()
-        if bounded:
+        if pre_rope:
             keys = unrotate_blocks(keys, blocks, bs, ctx.rotary, max_position)
         return keys.view(-1, bs, dim), v_flat.reshape(-1, dim).index_select(0, rows).view(-1, bs, dim)
     return load
@@ -211,8 +213,9 @@ def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Ten
 
 
 def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global_keep, local_slots,
-            pool_local_slots, local_start, k_flat, v_flat, layer, ctx, scale, bounded: bool, record_received: bool,
-            ready=None, tiles: TileCache | None = None, block_ids: torch.Tensor | None = None) -> torch.Tensor:
+            pool_local_slots, local_start, k_flat, v_flat, layer, ctx, scale, positions_mode: str,
+            record_received: bool, ready=None, tiles: TileCache | None = None, block_ids: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Softmax attention of window queries over [global keys | local keys], as flash-attention pieces merged by
     their log-sum-exp: global keys (the sinks and retrieved logical `global_blocks`; only those in `global_keep`,
     when given), local keys before the window, and the window itself (causal). Slots index `k_flat`/`v_flat`; the
@@ -241,26 +244,47 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
     if ready is not None:
         ready(1)
     if global_blocks.shape[-1]:
-        bounded = bounded and q_global is not None
+        moved = positions_mode != "original" and q_global is not None   # keys pre-RoPE, then placed
         if global_slots is None:
             per_head = global_blocks if global_blocks.dim() == 2 else global_blocks.expand(k_flat.shape[1], -1)
-            load = _tile_loader(k_flat, v_flat, block_ids, ctx, bounded, local_start)
+            load = _tile_loader(k_flat, v_flat, block_ids, ctx, moved, local_start)
             keys_global, values_global = tiles.gather(per_head, local_start // ctx.block_size, load)
         else:
             keys_global = _gather(k_flat, global_slots).float()     # [S, Hkv, D] shared, [Hkv, S, D] per head
-            if bounded:
+            if moved:
                 keys_global = unrotate_blocks(keys_global, global_blocks, ctx.block_size, ctx.rotary,
                                               local_start)   # pre-RoPE
             values_global = _gather(v_flat, global_slots).float()
             if global_slots.dim() == 1:
                 keys_global, values_global = keys_global.transpose(0, 1), values_global.transpose(0, 1)
-        q_for_global = q_global.float().permute(1, 0, 2)[None] if bounded else q_heads
+        q_for_global = q_heads
+        if moved and positions_mode == "bounded":
+            q_for_global = q_global.float().permute(1, 0, 2)[None]
+        elif moved:
+            keys_global, q_for_global = _compress(keys_global, qw, global_keep, a, local_start, ctx)
         pieces.append(flash_piece(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
     out, lse = merge_pieces(pieces)
     if record_received:
         _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale,
                          local_scores)
     return out[0].permute(1, 0, 2).to(qw.dtype)
+
+
+def _compress(keys_global, qw, global_keep, a: int, local_start: int, ctx: RetrievalContext):
+    """Compressed positions: the global keys (pre-RoPE, [Hkv, S, D]) placed side by side at 0, 1, .. in their order
+    (the kept ones, where `global_keep` [S] / [Hkv, S] masks them), and the window's queries `qw` [w, H, D] (post-RoPE
+    at a..) moved back so that the local region starts right after them: ([Hkv, S, D], [1, H, w, D])."""
+    s = keys_global.shape[1]
+    if global_keep is None:
+        ranks, attended = torch.arange(s, device=qw.device), s
+    else:   # the same count in every head: no host sync, the mask stays on the device
+        ranks = global_keep.long().cumsum(-1) - 1
+        attended = global_keep.reshape(-1, s)[0].sum()
+    ranks = ranks.clamp(min=0).expand(keys_global.shape[0], -1)
+    keys_global = rotate_by(keys_global, ranks, ctx.rotary, s)
+    shift = torch.as_tensor(attended - local_start, device=qw.device).expand(qw.shape[0])
+    q = rotate_by(qw.float(), shift, ctx.rotary, local_start)
+    return keys_global, q.permute(1, 0, 2)[None]
 
 
 def _record_received(q_heads, keys_local, local_start, positions, lse, local_slots, layer, ctx, scale,
