@@ -261,7 +261,7 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
         if moved and positions_mode == "bounded":
             q_for_global = q_global.float().permute(1, 0, 2)[None]
         elif moved:
-            keys_global, q_for_global = _compress(keys_global, qw, global_keep, a, local_start, ctx)
+            keys_global, q_for_global = _compress(keys_global, qw, global_keep, local_start, ctx)
         pieces.append(flash_piece(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
     out, lse = merge_pieces(pieces)
     if record_received:
@@ -270,10 +270,10 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
     return out[0].permute(1, 0, 2).to(qw.dtype)
 
 
-def _compress(keys_global, qw, global_keep, a: int, local_start: int, ctx: RetrievalContext):
+def _compress(keys_global, qw, global_keep, local_start: int, ctx: RetrievalContext):
     """Compressed positions: the global keys (pre-RoPE, [Hkv, S, D]) placed side by side at 0, 1, .. in their order
     (the kept ones, where `global_keep` [S] / [Hkv, S] masks them), and the window's queries `qw` [w, H, D] (post-RoPE
-    at a..) moved back so that the local region starts right after them: ([Hkv, S, D], [1, H, w, D])."""
+    at their true positions) moved back so that the local region starts right after them: ([Hkv, S, D], [1, H, w, D])."""
     s = keys_global.shape[1]
     if global_keep is None:
         ranks, attended = torch.arange(s, device=qw.device), s
