@@ -273,7 +273,8 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
 def _compress(keys_global, qw, global_keep, local_start: int, ctx: RetrievalContext):
     """Compressed positions: the global keys (pre-RoPE, [Hkv, S, D]) placed side by side at 0, 1, .. in their order
     (the kept ones, where `global_keep` [S] / [Hkv, S] masks them), and the window's queries `qw` [w, H, D] (post-RoPE
-    at their true positions) moved back so that the local region starts right after them: ([Hkv, S, D], [1, H, w, D])."""
+    at their true positions) moved back so that the local region starts right after them:
+    ([Hkv, S, D], [1, H, w, D])."""
     s = keys_global.shape[1]
     if global_keep is None:
         ranks, attended = torch.arange(s, device=qw.device), s
