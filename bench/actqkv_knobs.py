@@ -4,11 +4,16 @@
         --json bench/results/actqkv_knobs.json
 
 Recall is the fraction of samples in which a layer attended the block holding the answer at the question (the last
-prefill window): it measures the selection itself, also where the model fails to answer. The baselines `quest` and
-`infllm` at the same budget are the reference rows. `top_p=X` runs use `cutoff=top_p`; `--base` sets knobs for
-every actqkv run (e.g. `--base per_head=false` for the shared selection).
+prefill window): it measures the selection itself, also where the model fails to answer. The baselines at the same
+budget (`--references`, default `quest,infllm`) are the reference rows. `top_p=X` runs use `cutoff=top_p`; `--base`
+sets knobs for every actqkv run (e.g. `--base per_head=false` for the shared selection).
+
+Every run sees the same prompts, so each row is also compared with actqkv's defaults prompt by prompt: the prompts
+only it answers (+), only the defaults answer (−), and the two-sided sign test's p-value on those (McNemar's exact
+test), which says whether a difference in accuracy is more than the draw of the prompts.
 """
 import argparse
+import math
 
 from tqdm import tqdm
 
@@ -32,6 +37,15 @@ def parse_knobs(spec: str) -> list[tuple[str, object]]:
     return runs
 
 
+def paired(scores: list[float], base: list[float]) -> tuple[int, int, float]:
+    """(prompts answered here only, by `base` only, two-sided exact sign-test p-value of those discordant pairs)."""
+    wins = sum(s > b for s, b in zip(scores, base))
+    losses = sum(s < b for s, b in zip(scores, base))
+    n = wins + losses
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n if n else 1.0
+    return wins, losses, min(1.0, 2 * tail)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory (default: the bundled demo model)")
@@ -43,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--knobs", default=KNOBS, help="NAME=V1,V2;NAME=V... (each run changes one knob)")
     parser.add_argument("--base", default="", help="NAME=V;... applied to every actqkv run (e.g. per_head=false)")
+    parser.add_argument("--references", default="quest,infllm", help="baseline policies run beside (may be empty)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     llm = LLM(args.model, max_model_len=args.length + 256, max_num_batched_tokens=2048,
@@ -50,7 +65,8 @@ def main(argv=None):
     samples = make_samples(llm.get_tokenizer(), args.task, args.length, args.samples, args.seed)
     base = {"budget": args.budget, "positions": args.positions}
     actqkv_base = dict(parse_knobs(args.base))
-    runs = [("quest", None, None), ("infllm", None, None), ("actqkv", "defaults", None)]
+    runs = [(policy, None, None) for policy in filter(None, args.references.split(","))]
+    runs.append(("actqkv", "defaults", None))
     runs += [("actqkv", name, value) for name, value in parse_knobs(args.knobs)]
     rows = []
     with tqdm(total=len(runs) * len(samples), desc="knobs") as bar:
@@ -59,14 +75,19 @@ def main(argv=None):
                   **({name: value} if value is not None else {})}
             if name == "top_p":
                 kv["cutoff"] = "top_p"   # top_p acts only with that cut-off
-            acc, _, recall = accuracy(llm, samples, kv, 4, bar)
+            acc, _, recall, scores = accuracy(llm, samples, kv, 4, bar)
             rows.append({"policy": policy, "knob": name, "value": value, "accuracy": acc,
-                         "mean_recall": sum(recall) / len(recall) if recall else None, "recall_by_layer": recall})
-    print("| policy | knob | accuracy | mean recall | recall by layer |")
-    print("|---|---|---|---|---|")
+                         "mean_recall": sum(recall) / len(recall) if recall else None, "recall_by_layer": recall,
+                         "scores": scores})
+    base = next(r["scores"] for r in rows if r["knob"] == "defaults")
+    print("| policy | knob | accuracy | vs defaults: +, −, p | mean recall | recall by layer |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         knob = "–" if r["knob"] is None else r["knob"] if r["value"] is None else f"{r['knob']}={r['value']}"
-        print(f"| {r['policy']} | {knob} | {r['accuracy']:.2f} | {r['mean_recall']:.2f} | "
+        r["vs_defaults"] = dict(zip(("only_here", "only_defaults", "p"), paired(r["scores"], base)))
+        versus = "+{only_here}, −{only_defaults}, {p:.2f}".format(**r["vs_defaults"])
+        versus = "–" if r["knob"] == "defaults" else versus
+        print(f"| {r['policy']} | {knob} | {r['accuracy']:.2f} | {versus} | {r['mean_recall']:.2f} | "
               f"{', '.join(f'{x:.2f}' for x in r['recall_by_layer'])} |")
     write_json(args.json, {"machine": machine(), "args": vars(args), "actqkv_base": actqkv_base, "results": rows})
 

@@ -46,9 +46,9 @@ def request_kv(kv: dict, sample, trace: bool = True) -> dict:
     return {**kv, "trace": trace}
 
 
-def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list]:
-    """Accuracy, accuracy by depth bucket, and needle-block recall per layer at the question (the last prefill
-    window: did that layer attend the block holding the answer?)."""
+def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list, list]:
+    """Accuracy, accuracy by depth bucket, needle-block recall per layer at the question (the last prefill
+    window: did that layer attend the block holding the answer?), and each sample's score (for paired tests)."""
     engine, tok = llm.engine, llm.get_tokenizer()
     by_id, hits = {}, []
     for start in range(0, len(samples), batch):
@@ -77,7 +77,8 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
     for s, sc in zip(samples, scores):
         buckets[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
     recall = [sum(h[layer] for h in hits) / len(hits) for layer in range(len(hits[0]))] if hits else []
-    return sum(scores) / len(scores), [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())], recall
+    by_depth = [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
+    return sum(scores) / len(scores), by_depth, recall, scores
 
 
 def timing(llm: LLM, prompt: str, kv: dict, tokens: int = 16) -> tuple[float, float]:
@@ -163,12 +164,12 @@ def main(argv=None):
                 samples = make_samples(tok, task, length, args.samples, args.seed)
                 for policy, budget in runs:
                     kv = {"policy": policy, "budget": budget, "positions": args.positions}
-                    acc, by_depth, recall = (None, [], []) if args.speed_only else \
+                    acc, by_depth, recall, scores = (None, [], [], []) if args.speed_only else \
                         accuracy(llm, samples, kv, args.batch, bar)
                     row = {"task": task, "context_len": length, "policy": policy,
                            "budget": None if policy == "full" else budget, "positions": args.positions,
                            "accuracy": acc, "n": 0 if args.speed_only else len(samples), "by_depth": by_depth,
-                           "needle_recall_by_layer": recall,
+                           "needle_recall_by_layer": recall, "scores": scores,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
                         timing(llm, samples[0].prompt, request_kv(kv, samples[0], trace=False))
@@ -179,7 +180,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         depths = ", ".join("–" if d is None else f"{d:.2f}" for d in r["by_depth"])
-        timing_cells = "– | –" if r["prefill_s"] is None else f"{r['prefill_s']:.2f} | {r['decode_ms_per_token']:.1f}"
+        timing_cells = ("– | –" if r["prefill_s"] is None
+                        else f"{r['prefill_s']:.2f} | {r['decode_ms_per_token']:.1f}")
         recall = ", ".join(f"{x:.2f}" for x in r["needle_recall_by_layer"]) or "–"
         print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | "
               f"{'–' if r['accuracy'] is None else format(r['accuracy'], '.3f')} | "
