@@ -68,7 +68,7 @@ def plan_for(llm: LLM, spec: str) -> SparsePlan:
     runner = llm.engine.runner
     mode, target = runner.check_sparsity(spec)
     thresholds = runner.calibration[mode][f"{target:g}"] if target is not None else None
-    return SparsePlan(mode, thresholds, runner.mlp_max_density)
+    return SparsePlan(mode, thresholds, runner.mlp_max_density(mode))
 
 
 def measure(name: str, llm: LLM, specs: list[str], batches: list[int], bar, accuracy_samples: int) -> list[dict]:

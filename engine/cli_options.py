@@ -42,8 +42,9 @@ _HELP = {
                               "default: 512, or more if the default KV settings need more)",
     "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
     "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
-    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: 0.6 on "
-                              "the CPU, 0.1 on CUDA, where the Triton gathers measured 3x slower than dense at 0.5)",
+    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: on the "
+                              "CPU measured on the model's MLP shape at first use; 0.1 on CUDA, where the Triton "
+                              "gathers measured 1.6-3x slower than dense at 0.5)",
 }
 
 

@@ -50,7 +50,7 @@ class EngineConfig:
                                               # the default KV settings need for one window and one step, if more)
     mlp_sparsity: str = "dense"               # dense | relu | teal:TARGET | cats:TARGET (calibrated)
     mlp_sparse_max_batch: int = 4             # decode steps with more sequences run the MLPs dense
-    mlp_sparse_max_density: float | None = None   # a denser union of active rows uses dense kernels (None: per device)
+    mlp_sparse_max_density: float | None = None   # a denser union of active rows uses dense kernels (None: measured)
 
     def __post_init__(self):
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

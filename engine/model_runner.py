@@ -17,6 +17,7 @@ from engine.layers.attention import AttentionMetadata, PrefillSlice, causal_mask
 from engine.layers.context_runs import context_runs
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.mlp import GatedMLP
+from engine.layers.sparse_crossover import measure_crossover
 from engine.layers.sparse_mlp import DEFAULT_MAX_DENSITY, SparsePlan, SparsityContext, parse_sparsity
 from engine.malloc_tuning import keep_freed_memory
 from engine.sampling_params import SamplingParamsError
@@ -64,9 +65,10 @@ class ModelRunner:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.calibration = calibrate.load(config.model)
-        mlps = [m for m in self.model.modules() if isinstance(m, GatedMLP)]
-        for i, mlp in enumerate(mlps):
+        self.mlps = [m for m in self.model.modules() if isinstance(m, GatedMLP)]
+        for i, mlp in enumerate(self.mlps):
             mlp.sparsity, mlp.layer_idx = self.sparsity, i
+        self._crossover: dict[str, float] = {}   # CPU: measured sparse-kernel crossover density per kernel family
         cores = torch.get_num_threads()
         self.decode_threads = config.decode_threads or cores
         self.prefill_threads = config.prefill_threads or cores
@@ -164,13 +166,22 @@ class ModelRunner:
         if mode == "dense":
             return None
         thresholds = self.calibration[mode][f"{target:g}"] if target is not None else None
-        return SparsePlan(mode, thresholds, self.mlp_max_density)
+        return SparsePlan(mode, thresholds, self.mlp_max_density(mode))
 
-    @property
-    def mlp_max_density(self) -> float:
-        """Union density of active MLP rows above which dense kernels run (configured, or this device's default)."""
+    def mlp_max_density(self, mode: str) -> float:
+        """Union density of active MLP rows above which dense kernels run under `mode`: configured; CUDA's default;
+        or on the CPU measured once per kernel family on this model's MLP shape (engine.layers.sparse_crossover)."""
         configured = self.config.mlp_sparse_max_density
-        return configured if configured is not None else DEFAULT_MAX_DENSITY.get(self.device.type, 0.6)
+        if configured is not None:
+            return configured
+        if self.device.type != "cpu":
+            return DEFAULT_MAX_DENSITY.get(self.device.type, 0.6)
+        family = "teal" if mode == "teal" else "rows"   # relu and cats share their kernels
+        if family not in self._crossover:
+            self._crossover[family] = measure_crossover(self.mlps[0], mode)
+            log.info("sparse MLP (%s): sparse kernels up to a union density of %.2f, measured on this model's "
+                     "MLP shape", mode, self._crossover[family])
+        return self._crossover[family]
 
     def release(self, seq):
         """Forget a finished or aborted sequence's retrieval state."""

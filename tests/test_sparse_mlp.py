@@ -92,9 +92,10 @@ def test_engine_relu_mode_generates_like_dense_and_calibrated_teal_hits_target(c
     relu = [o.outputs[0].token_ids for o in llm.generate(prompts, params, mlp_sparsity="relu")]
     assert relu == dense
     assert min(llm.engine.runner.sparsity.achieved()) > 0.2
-    assert llm.engine.runner.mlp_max_density == 0.6     # the CPU's default (CUDA's is 0.1: bench/RESULTS.md)
+    measured = llm.engine.runner.mlp_max_density("relu")   # the CPU's: measured once on this MLP shape
+    assert 0.0 <= measured <= 0.8 and llm.engine.runner.mlp_max_density("cats") == measured
     assert LLM(path, max_model_len=256, num_kv_blocks=40, block_size=8,
-               mlp_sparse_max_density=0.3).engine.runner.mlp_max_density == 0.3
+               mlp_sparse_max_density=0.3).engine.runner.mlp_max_density("relu") == 0.3
     with pytest.raises(SamplingParamsError) as err:
         llm.generate(prompts, params, mlp_sparsity="teal:0.5")
     assert err.value.param == "mlp_sparsity" and "calibrate" in str(err.value)
@@ -109,3 +110,35 @@ def test_engine_relu_mode_generates_like_dense_and_calibrated_teal_hits_target(c
     assert all(abs(a - 0.5) <= 0.03 for a in achieved), achieved
     with pytest.raises(SamplingParamsError):
         llm.generate(prompts, params, mlp_sparsity="relu")
+
+
+def test_crossover_is_measured_on_the_shape_and_bounded_by_what_relu_can_reach(monkeypatch):
+    """The sparse path is timed against dense at rising densities; the crossover is the last density at which it
+    was faster, and a ReLU MLP (about half of its random gates are zero) is never timed beyond what it reaches."""
+    from engine.layers import sparse_crossover
+    timed = []
+
+    def fake_time(fn, repeats):   # sparse (timed first) faster than dense until a density of 0.3
+        timed.append(fn)
+        density = sparse_crossover.DENSITIES[(len(timed) - 1) // 2]
+        return (1.0 if density <= 0.3 else 3.0) if len(timed) % 2 else 2.0
+    monkeypatch.setattr(sparse_crossover, "_best_time", fake_time)
+    assert sparse_crossover.measure_crossover(make_mlp("silu", 64, 256), "teal") == 0.3
+    timed.clear()
+    assert sparse_crossover.measure_crossover(make_mlp("silu", 64, 256), "cats") == 0.3
+    timed.clear()
+    monkeypatch.setattr(sparse_crossover, "_best_time", lambda fn, repeats: timed.append(fn) or 1.0 - len(timed) % 2)
+    assert sparse_crossover.measure_crossover(make_mlp("relu", 64, 256), "relu") in (0.45, 0.6)   # always faster
+    assert len(timed) <= 2 * sparse_crossover.DENSITIES.index(0.6) + 2   # 0.8 not timed: half the gates are zero
+
+
+def test_crossover_plans_keep_the_density_asked_for():
+    from engine.layers.sparse_crossover import _plan_at
+    mlp = make_mlp("silu", 64, 512)
+    x = torch.randn(1, 64)
+    for density in (0.1, 0.45):
+        plan, kept = _plan_at(mlp, x, "cats", density)
+        assert plan.mode == "cats" and plan.max_density == 1.0 and abs(kept - density) < 0.02
+        plan, kept = _plan_at(mlp, x, "teal", density)
+        assert plan.mode == "teal" and abs(kept - density) < 0.02
+        assert abs(float((x.abs() > plan.thresholds[0][0]).float().mean()) - density) < 0.05
