@@ -4,8 +4,8 @@ measured once per model and mode on its own MLP shape.
 A fixed crossover cannot fit every shape: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x faster than
 dense, while on the demo model (an MLP of 0.4 M weights, a few tens of µs of kernel launches) the sparse path is
 slower at any density (bench/RESULTS.md). So the model runner times one layer's MLP at batch 1, dense against the
-sparse path at a few densities, and takes the largest density up to which the sparse path stayed faster; 0 means
-that the dense kernels always run (the masks, and so the outputs and the achieved-sparsity statistics, stay the
+sparse path at a few densities, and takes the density where the speedup crosses 1 (interpolated between the last
+density where the sparse path was faster and the first where it was not); 0 means that the dense kernels always run (the masks, and so the outputs and the achieved-sparsity statistics, stay the
 same: only the kernels change).
 """
 import time
@@ -44,19 +44,23 @@ def _plan_at(mlp, x: torch.Tensor, mode: str, density: float) -> tuple[SparsePla
 
 @torch.inference_mode()
 def measure_crossover(mlp, mode: str, repeats: int = 30) -> float:
-    """The largest of DENSITIES up to which `mode`'s sparse path (batch 1) beat the dense MLP in every trial, or
-    0.0. `mlp` is one of the model's GatedMLPs; the measurement takes well under a second on the shapes we serve."""
+    """The density at which `mode`'s sparse path (batch 1) stops beating the dense MLP: 0.0 if it never does, the
+    highest density tried if it always does. `mlp` is one of the model's GatedMLPs; the measurement takes up to
+    ~2 s (the 1.1B shape)."""
     weight = mlp.gate_proj.weight
     x = torch.randn(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
     scratch = SparsityContext()
     dense = lambda: mlp.down_proj(mlp.act(mlp.gate_proj(x)) * mlp.up_proj(x))  # noqa: E731
-    crossover = 0.0
+    last, last_speedup = 0.0, None
     for density in DENSITIES:
         plan, kept = _plan_at(mlp, x, mode, density)
         if kept < 0.9 * density:   # a ReLU MLP's unions are never this dense: nothing more to learn
             break
         sparse_s = _best_time(lambda: sparse_forward(mlp, x, plan, 0, scratch), repeats)
-        if sparse_s >= _best_time(dense, repeats):   # timed after, so both see the same machine state
-            break
-        crossover = density
-    return crossover
+        speedup = _best_time(dense, repeats) / sparse_s   # dense timed after, so both see the same machine state
+        if speedup <= 1.0:
+            if last_speedup is None:
+                return 0.0
+            return last + (density - last) * (last_speedup - 1.0) / (last_speedup - speedup)
+        last, last_speedup = density, speedup
+    return last

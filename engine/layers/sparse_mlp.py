@@ -92,10 +92,11 @@ def input_sparse_linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.T
                         max_density: float):
     """y[b] = Σ_{i: mask[b, i]} x[b, i] · W[:, i]  for x [B, in], W [out, in] and its input-major copy Wᵀ.
     A dense union runs `F.linear` on the masked input (the same kernel and layout as the dense model)."""
-    idx = mask.any(0).nonzero().squeeze(1)
-    if idx.numel() > max_density * x.shape[1] or idx.numel() == 0:
-        return F.linear(x * mask, weight)
-    return bag_sum(idx, weight_t, (x * mask)[:, idx])
+    if max_density > 0:
+        idx = mask.any(0).nonzero().squeeze(1)
+        if 0 < idx.numel() <= max_density * x.shape[1]:
+            return bag_sum(idx, weight_t, (x * mask)[:, idx])
+    return F.linear(x * mask, weight)
 
 
 def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: SparsityContext) -> torch.Tensor:
@@ -110,10 +111,13 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
         ctx.record(layer, int((~mask_in).sum() + (~mask_h).sum()), mask_in.numel() + mask_h.numel())
         return input_sparse_linear(h, mlp.down_proj.weight, mlp.input_major("down_proj"), mask_h, plan.max_density)
     gate = mlp.act(F.linear(x, mlp.gate_proj.weight))
-    mask = gate > 0 if plan.mode == "relu" else gate.abs() > plan.thresholds[layer]
-    ctx.record(layer, int((~mask).sum()), mask.numel())
-    idx = mask.any(0).nonzero().squeeze(1)
-    if idx.numel() > plan.max_density * gate.shape[1] or idx.numel() == 0:
-        return F.linear(gate * mask * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
-    up = rows_dot(idx, mlp.up_proj.weight, x)                        # [B, k]: only the active rows of W_up
-    return bag_sum(idx, mlp.input_major("down_proj"), (gate * mask)[:, idx] * up)
+    if plan.mode == "cats":
+        gate = gate * (gate.abs() > plan.thresholds[layer])    # relu: its zeros are already there
+    active = int(torch.count_nonzero(gate))
+    ctx.record(layer, gate.numel() - active, gate.numel())
+    if plan.max_density > 0:
+        idx = gate.ne(0).any(0).nonzero().squeeze(1)
+        if 0 < idx.numel() <= plan.max_density * gate.shape[1]:
+            up = rows_dot(idx, mlp.up_proj.weight, x)                # [B, k]: only the active rows of W_up
+            return bag_sum(idx, mlp.input_major("down_proj"), gate[:, idx] * up)
+    return F.linear(gate * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)   # what the dense MLP computes
