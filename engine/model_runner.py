@@ -178,7 +178,7 @@ class ModelRunner:
             return DEFAULT_MAX_DENSITY.get(self.device.type, 0.6)
         family = "teal" if mode == "teal" else "rows"   # relu and cats share their kernels
         if family not in self._crossover:
-            self._crossover[family] = measure_crossover(self.mlps[0], mode)
+            self._crossover[family] = measure_crossover(self.mlps, mode)
             log.info("sparse MLP (%s): sparse kernels up to a union density of %.2f, measured on this model's "
                      "MLP shape", mode, self._crossover[family])
         return self._crossover[family]

@@ -124,15 +124,15 @@ def test_crossover_is_measured_on_the_shape_and_bounded_by_what_relu_can_reach(m
         density = sparse_crossover.DENSITIES[(len(timed) - 1) // 2]
         return (1.0 if density <= 0.3 else 3.0) if len(timed) % 2 else 2.0
     monkeypatch.setattr(sparse_crossover, "_best_time", fake_time)
-    assert sparse_crossover.measure_crossover(make_mlp("silu", 64, 256), "teal") == pytest.approx(0.3 + 0.15 * 0.75)
+    assert sparse_crossover.measure_crossover([make_mlp("silu", 64, 256)], "teal") == pytest.approx(0.3 + 0.15 * 0.75)
     timed.clear()
-    assert sparse_crossover.measure_crossover(make_mlp("silu", 64, 256), "cats") == pytest.approx(0.4125)
+    assert sparse_crossover.measure_crossover([make_mlp("silu", 64, 256)], "cats") == pytest.approx(0.4125)
     timed.clear()
     monkeypatch.setattr(sparse_crossover, "_best_time", lambda fn, repeats: timed.append(fn) or 1.0 + len(timed) % 2)
-    assert sparse_crossover.measure_crossover(make_mlp("silu", 64, 256), "cats") == 0.0   # never faster
+    assert sparse_crossover.measure_crossover([make_mlp("silu", 64, 256)], "cats") == 0.0   # never faster
     timed.clear()
     monkeypatch.setattr(sparse_crossover, "_best_time", lambda fn, repeats: timed.append(fn) or 1 - len(timed) % 2 / 2)
-    assert sparse_crossover.measure_crossover(make_mlp("relu", 64, 256), "relu") in (0.45, 0.6)   # always faster
+    assert sparse_crossover.measure_crossover([make_mlp("relu", 64, 256)], "relu") in (0.45, 0.6)   # always faster
     assert len(timed) <= 2 * sparse_crossover.DENSITIES.index(0.6) + 2   # 0.8 not timed: half the gates are zero
 
 

@@ -3,10 +3,11 @@ measured once per model and mode on its own MLP shape.
 
 A fixed crossover cannot fit every shape: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x faster than
 dense, while on the demo model (an MLP of 0.4 M weights, a few tens of µs of kernel launches) the sparse path is
-slower at any density (bench/RESULTS.md). So the model runner times one layer's MLP at batch 1, dense against the
-sparse path at a few densities, and takes the density where the speedup crosses 1 (interpolated between the last
-density where the sparse path was faster and the first where it was not); 0 means that the dense kernels always run (the masks, and so the outputs and the achieved-sparsity statistics, stay the
-same: only the kernels change).
+slower at any density (bench/RESULTS.md). So the model runner times a pass through every layer's MLP at batch 1
+(as a decode step makes it: one layer repeated would run from the caches and flatter the dense kernels), dense
+against the sparse path at a few densities, and takes the density where the speedup crosses 1, interpolated
+between the last density where the sparse path was faster and the first where it was not. 0 means that the dense
+kernels always run; the masks, and so the outputs and the achieved-sparsity statistics, stay the same.
 """
 import time
 
@@ -43,20 +44,32 @@ def _plan_at(mlp, x: torch.Tensor, mode: str, density: float) -> tuple[SparsePla
 
 
 @torch.inference_mode()
-def measure_crossover(mlp, mode: str, repeats: int = 30) -> float:
-    """The density at which `mode`'s sparse path (batch 1) stops beating the dense MLP: 0.0 if it never does, the
-    highest density tried if it always does. `mlp` is one of the model's GatedMLPs; the measurement takes up to
-    ~2 s (the 1.1B shape)."""
-    weight = mlp.gate_proj.weight
+def measure_crossover(mlps: list, mode: str) -> float:
+    """The density at which `mode`'s sparse path (batch 1) stops beating the dense MLPs: 0.0 if it never does, the
+    highest density tried if it always does. `mlps`: the model's GatedMLPs, of which the first 8 are timed (on the
+    1.1B shape 1.1 GB of weights, beyond any cache): ~2 s there."""
+    mlps = mlps[:8]
+    first = mlps[0]
+    weight = first.gate_proj.weight
     x = torch.randn(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
     scratch = SparsityContext()
-    dense = lambda: mlp.down_proj(mlp.act(mlp.gate_proj(x)) * mlp.up_proj(x))  # noqa: E731
+
+    def dense():
+        for mlp in mlps:
+            mlp.down_proj(mlp.act(mlp.gate_proj(x)) * mlp.up_proj(x))
+    start = time.perf_counter()
+    dense()
+    repeats = max(3, min(30, int(0.02 / max(time.perf_counter() - start, 1e-6))))   # ~20 ms of each per density
     last, last_speedup = 0.0, None
     for density in DENSITIES:
-        plan, kept = _plan_at(mlp, x, mode, density)
+        plan, kept = _plan_at(first, x, mode, density)   # every layer takes the first's thresholds: similar rows
         if kept < 0.9 * density:   # a ReLU MLP's unions are never this dense: nothing more to learn
             break
-        sparse_s = _best_time(lambda: sparse_forward(mlp, x, plan, 0, scratch), repeats)
+
+        def sparse():
+            for mlp in mlps:
+                sparse_forward(mlp, x, plan, 0, scratch)
+        sparse_s = _best_time(sparse, repeats)
         speedup = _best_time(dense, repeats) / sparse_s   # dense timed after, so both see the same machine state
         if speedup <= 1.0:
             if last_speedup is None:
