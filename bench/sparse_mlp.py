@@ -64,11 +64,11 @@ def passkey_accuracy(llm: LLM, sparsity: str, samples: int) -> float:
     return sum(score(t, o.outputs[0].text) for t, o in zip(tasks, outs)) / samples
 
 
-def plan_for(llm: LLM, spec: str) -> SparsePlan:
+def plan_for(llm: LLM, spec: str, batch: int) -> SparsePlan:
     runner = llm.engine.runner
     mode, target = runner.check_sparsity(spec)
     thresholds = runner.calibration[mode][f"{target:g}"] if target is not None else None
-    return SparsePlan(mode, thresholds, runner.mlp_max_density(mode))
+    return SparsePlan(mode, thresholds, runner.mlp_max_density(mode, batch))
 
 
 def measure(name: str, llm: LLM, specs: list[str], batches: list[int], bar, accuracy_samples: int) -> list[dict]:
@@ -85,7 +85,7 @@ def measure(name: str, llm: LLM, specs: list[str], batches: list[int], bar, accu
             sparse_decode = decode_ms(llm, batch, spec)
             achieved = ctx.achieved()
             dense_decode = decode_ms(llm, batch, "dense")
-            plan = plan_for(llm, spec) if batch <= llm.engine.config.mlp_sparse_max_batch else None
+            plan = plan_for(llm, spec, batch) if batch <= llm.engine.config.mlp_sparse_max_batch else None
             mlp_dense, mlp_sparse = mlp_time(llm, None, batch), mlp_time(llm, plan, batch)
             for _ in range(ROUNDS - 1):   # alternate, so that a burst of outside load hits both sides
                 sparse_decode = min(sparse_decode, decode_ms(llm, batch, spec))
@@ -97,7 +97,7 @@ def measure(name: str, llm: LLM, specs: list[str], batches: list[int], bar, accu
                          "achieved_per_layer": achieved, "mlp_speedup": mlp_dense / mlp_sparse,
                          "decode_speedup": dense_decode / sparse_decode, "dense_decode_ms": dense_decode,
                          "sparse_decode_ms": sparse_decode, "accuracy_delta": delta,
-                         "max_density": llm.engine.runner.mlp_max_density(mode)})
+                         "max_density": llm.engine.runner.mlp_max_density(mode, batch)})
             bar.update(1)
     return rows
 

@@ -166,11 +166,13 @@ class ModelRunner:
         if mode == "dense":
             return None
         thresholds = self.calibration[mode][f"{target:g}"] if target is not None else None
-        return SparsePlan(mode, thresholds, self.mlp_max_density(mode))
+        return SparsePlan(mode, thresholds, self.mlp_max_density(mode, len(batch)))
 
-    def mlp_max_density(self, mode: str) -> float:
-        """Union density of active MLP rows above which dense kernels run under `mode`: configured; CUDA's default;
-        or on the CPU measured once per kernel family on this model's MLP shape (engine.layers.sparse_crossover)."""
+    def mlp_max_density(self, mode: str, rows: int = 1) -> float:
+        """Union density of active MLP rows above which dense kernels run under `mode` for `rows` decode rows:
+        configured; CUDA's default; or on the CPU measured once per kernel family on this model's MLP shape at
+        batch 1 (engine.layers.sparse_crossover) and divided by `rows`: the sparse kernels read each active row
+        once per batch row (one bag per row), the dense GEMM reads the weights once for all of them."""
         configured = self.config.mlp_sparse_max_density
         if configured is not None:
             return configured
@@ -181,7 +183,7 @@ class ModelRunner:
             self._crossover[family] = measure_crossover(self.mlps, mode)
             log.info("sparse MLP (%s): sparse kernels up to a union density of %.2f, measured on this model's "
                      "MLP shape", mode, self._crossover[family])
-        return self._crossover[family]
+        return self._crossover[family] / rows
 
     def release(self, seq):
         """Forget a finished or aborted sequence's retrieval state."""

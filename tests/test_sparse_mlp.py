@@ -94,6 +94,7 @@ def test_engine_relu_mode_generates_like_dense_and_calibrated_teal_hits_target(c
     assert min(llm.engine.runner.sparsity.achieved()) > 0.2
     measured = llm.engine.runner.mlp_max_density("relu")   # the CPU's: measured once on this MLP shape
     assert 0.0 <= measured <= 0.8 and llm.engine.runner.mlp_max_density("cats") == measured
+    assert llm.engine.runner.mlp_max_density("relu", 2) == measured / 2   # a bag per row: twice the reads
     assert LLM(path, max_model_len=256, num_kv_blocks=40, block_size=8,
                mlp_sparse_max_density=0.3).engine.runner.mlp_max_density("relu") == 0.3
     with pytest.raises(SamplingParamsError) as err:
