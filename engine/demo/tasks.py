@@ -53,7 +53,7 @@ def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTo
     fixed = count_tokens(PASSKEY_TASK + needle + question)
     n = _fill([NOISE], length - fixed, count_tokens)
     before = round(n * depth)
-    prompt = (PASSKEY_TASK + _noise(rng, before, drop) + needle + _noise(rng, n - before, drop) + question)
+    prompt = PASSKEY_TASK + _noise(rng, before, drop) + needle + _noise(rng, n - before, drop) + question
     return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8, question=question)
 
 

@@ -222,7 +222,8 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
-    parallel = ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, args.passkey_drop) if args.workers else None
+    parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, args.passkey_drop) if args.workers
+                else None)
     if args.stage is not None and args.stage != record["stage"]:
         if not 0 <= args.stage < len(size["lengths"]):
             parser.error(f"--stage must be 0..{len(size['lengths']) - 1}")

@@ -10,7 +10,7 @@ POSITIONS = ("original", "bounded", "compressed")
 @dataclass(frozen=True)
 class KVConfig:
     policy: str = "full"
-    budget: int = 2048            # tokens attended per layer per step: sink + local + selected blocks (mean over layers)
+    budget: int = 2048            # tokens per layer per step: sink + local + selected blocks (mean over layers)
     sink: int = 64                # first tokens, always attended
     local: int = 512              # most recent tokens, always attended (causal inside a prefill window)
     positions: str = "original"   # original: true positions; bounded: sinks and retrieved blocks sit just past local;
