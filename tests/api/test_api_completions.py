@@ -139,10 +139,10 @@ def test_per_request_kv_policy(client, http):
     wide = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
                                      extra_body={"ignore_eos": True, "kv_policy": "actqkv", "kv_budget": 100000})
     assert wide.choices[0].text == full.choices[0].text
-    for policy in ("streaming", "infllm", "quest"):
+    for policy, positions in (("streaming", "bounded"), ("infllm", "compressed"), ("quest", "bounded")):
         out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
                                         extra_body={"ignore_eos": True, "kv_policy": policy, "kv_budget": 160,
-                                                    "kv_positions": "bounded"})
+                                                    "kv_positions": positions})
         assert out.usage.completion_tokens == 4
     bad = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "kv_policy": "magic"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "kv_policy"
