@@ -28,7 +28,8 @@ BOUNDED_FRAC=${BOUNDED_FRAC:-0.3}    # steps with bounded positions: session 9's
 PASSKEY_DROP=${PASSKEY_DROP:-0.1}    # noise sentences left out: session 9's bundle found the key by its distance from
                                      # the question (a whole number of noise lines), so any cut broke it (session 10).
                                      # On the CPU the bundle's exact rate fell 0.66 -> 0.13 in 560 steps and did not
-                                     # come back; FROM=scratch STAGE=0 learns without the shortcut from the start
+                                     # come back; FROM=scratch STAGE=0 with it (27 CPU min) still lost every answer
+                                     # to a one-token cut: whole-sentence drops may not be enough (RESULTS, session 10)
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "$MODE" = first ] || [ ! -d /tmp/runs/demo ]; then   # FROM=scratch: a new model (use STAGE=0 with it)
