@@ -38,12 +38,12 @@ def main(argv=None):
     tok = llm.get_tokenizer()
     samples = [s for s in make_samples(tok, "passkey", args.length, args.samples, args.seed) if s.depth < 0.6]
     line = tok.encode("\n" + "The grass is green.", add_special_tokens=False)   # a noise line's first tokens
+    encoded = [tok.encode(s.prompt) for s in samples]
     cuts = [int(c) for c in args.cuts.split(",")]
     rows = []
     with tqdm(total=len(cuts) * len(samples), desc="cuts") as bar:
         for cut in cuts:
-            prompts = [cut_noise(tok.encode(s.prompt), line, int(0.7 * len(tok.encode(s.prompt))), cut)
-                       for s in samples]
+            prompts = [cut_noise(ids, line, int(0.7 * len(ids)), cut) for ids in encoded]
             outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
             scores = [score(s, o.outputs[0].text) for s, o in zip(samples, outs)]
             bar.update(len(samples))

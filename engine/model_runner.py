@@ -213,7 +213,6 @@ class ModelRunner:
             start, row = seq.num_computed_tokens, len(ids)
             ids.extend(seq.token_ids[start:start + n])
             positions.extend(range(start, start + n))
-            slots.append(self._slots(seq.block_table, start + n, start))
             if item.completes:
                 sample_rows.append(row + n - 1)
             state = self._retrieval_state(seq)
@@ -221,9 +220,11 @@ class ModelRunner:
             if n == 1 and state is None and on_cpu and whole_context:
                 context = context_runs(seq.block_table, start + 1, bs)
                 if context is not None:   # read in place: the context's slots are not needed
+                    slots.append(self._slots(seq.block_table, start + n, start))
                     decode_in_place.append((row, context))
                     continue
             all_slots = self._slots(seq.block_table, start + n)
+            slots.append(all_slots[start:])
             if state is not None:
                 retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
                                                 torch.tensor(seq.block_table, dtype=torch.long, device=dev), state,
