@@ -87,7 +87,8 @@ def check_policies(device: str, path: str) -> list[dict]:
                              **{**small, "max_num_seqs": 4})
     rows = []
     runs = [("full", {}), ("streaming", {}), ("infllm", {}), ("quest", {}), ("actqkv", {"per_head": True}),
-            ("actqkv", {"per_head": False})]
+            ("actqkv", {"per_head": False}), ("actqkv", {"positions": "bounded"}),
+            ("actqkv", {"positions": "compressed"})]
     for policy, knobs in runs:
         outs = {d: [o.outputs[0].token_ids for o in llm.generate(prompts, params, kv={"policy": policy, **knobs})]
                 for d, llm in engines.items() if d != "offload" or policy != "full"}
@@ -222,7 +223,7 @@ def count_host_syncs(device: str) -> list[dict]:
                                  "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": heads,
                                  "num_key_value_heads": kv_heads})
     rows = []
-    for positions in ("original", "bounded"):
+    for positions in ("original", "bounded", "compressed"):
         kv = KVConfig(policy="actqkv", budget=1024, positions=positions)
         ctx = RetrievalContext(received_attention(1, pool * bs, kv_heads, device), RotaryEmbedding(cfg, 2 * n), bs)
         state = SequenceKVState(kv, 1, torch.device(device))

@@ -37,21 +37,30 @@ def test_passkey_layout_and_depth(count):
     assert at(shallow) < 0.2 < 0.8 < at(deep)
 
 
-def test_passkey_noise_can_leave_out_sentences_for_training(count):
-    """drop=0 is the exact format and draws nothing more; drop > 0 leaves out whole noise sentences, so the
-    distance from the needle to the question is no longer a whole number of noise lines."""
+def _haystack(sample):
+    """The noise of a passkey prompt before and after its needle."""
+    body = sample.prompt[len(PASSKEY_TASK):-len("What is the pass key? The pass key is")]
+    needle = f"The pass key is {sample.references[0]}. Remember it. {sample.references[0]} is the pass key.\n"
+    return body.split(needle)
+
+
+def test_passkey_training_styles_break_the_repeated_noise(count):
+    """style="exact" is the default and draws nothing more; the training styles keep the needle, the question and
+    about the length, but the noise before and after the needle is no longer whole noise lines."""
     exact = GENERATORS["passkey"](random.Random(4), 1024, 0.3, count)
-    assert GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, drop=0.0) == exact
-    jittered = GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, drop=0.1)
-    assert jittered.references == exact.references and jittered.answer == exact.answer
-    assert jittered.prompt.endswith("What is the pass key? The pass key is")
-    def noise(sample):   # the noise before and after the needle
-        body = sample.prompt[len(PASSKEY_TASK):-len("What is the pass key? The pass key is")]
-        needle = f"The pass key is {sample.references[0]}. Remember it. {sample.references[0]} is the pass key.\n"
-        return body.split(needle)
-    assert all(len(part) % len(NOISE) == 0 for part in noise(exact))
-    assert any(len(part) % len(NOISE) != 0 for part in noise(jittered))   # not whole lines any more
-    assert 0.8 * len("".join(noise(exact))) < len("".join(noise(jittered))) < len("".join(noise(exact)))
+    assert GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, style="exact") == exact
+    assert all(len(part) % len(NOISE) == 0 for part in _haystack(exact))
+    for style in ("drop", "cut", "filler"):
+        varied = GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, style=style)
+        assert varied.references == exact.references and varied.answer == exact.answer
+        assert varied.prompt.endswith("What is the pass key? The pass key is")
+        before, after = _haystack(varied)
+        assert len(before) % len(NOISE) != 0 or len(after) % len(NOISE) != 0, style
+        assert 0.75 * len(exact.prompt) < len(varied.prompt) <= 1.1 * len(exact.prompt), style
+        assert 0.2 < len(before) / (len(before) + len(after)) < 0.4, style     # the needle stays at its depth
+    assert NOISE not in GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, style="filler").prompt
+    with pytest.raises(ValueError, match="style"):
+        GENERATORS["passkey"](random.Random(4), 1024, 0.3, count, style="shuffled")
 
 
 def test_multikey_has_distractors_and_one_answer(count):

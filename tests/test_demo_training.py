@@ -93,14 +93,14 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
     from engine.demo.tokenizer import train_tokenizer
     from engine.demo.batches import Batcher, ParallelBatcher
     tok = train_tokenizer(512, samples=20)
-    parallel = ParallelBatcher(tok, seed=5, workers=2, mix=[("passkey", 1.0), ("filler", 1.0)], passkey_drop=0.1)
+    parallel = ParallelBatcher(tok, seed=5, workers=2, mix=[("passkey", 1.0), ("filler", 1.0)], passkey_vary=0.5)
     try:
         got = [parallel.batch(step, 64, 512) for step in range(3)]
         got.append(parallel.batch(3, 32, 256))     # the curriculum moved on: batches made ahead are made again
         got.append(parallel.batch(4, 32, 256, {"multikey": 32}))   # a task on its own curriculum, too
     finally:
         parallel.close()
-    one = Batcher(tok, 0, [("passkey", 1.0), ("filler", 1.0)], passkey_drop=0.1)
+    one = Batcher(tok, 0, [("passkey", 1.0), ("filler", 1.0)], passkey_vary=0.5)
     for step, batch in enumerate(got):
         one.rng = random.Random(f"5-{step}")
         want = (one.batch(64, 512) if step < 3 else one.batch(32, 256) if step == 3

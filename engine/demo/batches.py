@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from engine.demo.tasks import facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
+from engine.demo.tasks import PASSKEY_STYLES, facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
 
 TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.2), ("facts", 0.1),
             ("filler", 0.1)]   # facts: a fixed table only parametric memory can answer (the memory layers' job)
@@ -33,11 +33,11 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
 class Batcher:
     """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
 
-    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None, passkey_drop: float = 0.0):
+    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None, passkey_vary: float = 0.0):
         self.tok = tokenizer
         self.rng = random.Random(seed)
         self.mix = mix or TASK_MIX
-        self.passkey_drop = passkey_drop   # most passkey haystacks leave out up to this fraction of noise sentences
+        self.passkey_vary = passkey_vary   # the fraction of passkey haystacks in a varied style (tasks.passkey)
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
@@ -53,8 +53,8 @@ class Batcher:
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
             return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
-        if task == "passkey" and self.passkey_drop > 0 and self.rng.random() < 0.8:   # some keep the exact format
-            extra = {"drop": self.rng.uniform(0.0, self.passkey_drop)}
+        if task == "passkey" and self.passkey_vary > 0 and self.rng.random() < self.passkey_vary:
+            extra = {"style": self.rng.choice(PASSKEY_STYLES[1:])}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
         ids = self.tok.encode(sample.prompt)
         is_answer = [False] * len(ids)
@@ -88,12 +88,12 @@ class ParallelBatcher:
     curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
     def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None,
-                 passkey_drop: float = 0.0):
+                 passkey_vary: float = 0.0):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(tokenizer, mix, passkey_drop))
+                                        initializer=_init_worker, initargs=(tokenizer, mix, passkey_vary))
         self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
         atexit.register(self.close)   # also when training stops on an exception
 
@@ -115,10 +115,10 @@ class ParallelBatcher:
 _worker_batcher: Batcher | None = None
 
 
-def _init_worker(tokenizer, mix, passkey_drop):
+def _init_worker(tokenizer, mix, passkey_vary):
     global _worker_batcher
     torch.set_num_threads(1)
-    _worker_batcher = Batcher(tokenizer, 0, mix, passkey_drop)
+    _worker_batcher = Batcher(tokenizer, 0, mix, passkey_vary)
 
 
 def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):

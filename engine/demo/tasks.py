@@ -42,29 +42,58 @@ def _fill(units: list[str], budget: int, count_tokens: CountTokens) -> int:
     return max(0, int(budget / per_unit))
 
 
+PASSKEY_STYLES = ("exact", "drop", "cut", "filler")
+
+
 def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
-            drop: float = 0.0) -> TaskSample:
-    """`drop` (training only): the chance that each noise sentence is left out, so that the distance from the
-    needle to the question is no longer a whole number of noise lines (else a model can learn to find the key's
-    digits by that distance and fails once retrieval moves the blocks: bench/RESULTS.md, session 10)."""
+            style: str = "exact", drop: float = 0.3) -> TaskSample:
+    """`style` (training only) varies the haystack, so that the key can be found only by its content (the
+    repeated noise lets a model find the key's digits by their distance from the question, or by the one place
+    where the noise is broken, and such a model fails once retrieval moves blocks: bench/RESULTS.md, session 10):
+    `drop` leaves out each noise sentence with a chance of up to `drop`; `cut` cuts spans of 1-40 characters out
+    of the noise at random places, breaking it mid-word as retrieval's blocks do; `filler` uses varied sentences
+    (`filler_text`) instead of the repeated noise."""
+    if style not in PASSKEY_STYLES:
+        raise ValueError(f"passkey style {style!r}: expected one of {', '.join(PASSKEY_STYLES)}")
     key = str(rng.randint(10000, 99999))
     needle = f"The pass key is {key}. Remember it. {key} is the pass key.\n"
     question = "What is the pass key? The pass key is"
     fixed = count_tokens(PASSKEY_TASK + needle + question)
-    n = _fill([NOISE], length - fixed, count_tokens)
-    before = round(n * depth)
-    prompt = PASSKEY_TASK + _noise(rng, before, drop) + needle + _noise(rng, n - before, drop) + question
+    if style == "filler":
+        before = round((length - fixed) * depth)
+        hay = filler_text(rng, before, count_tokens), filler_text(rng, length - fixed - before, count_tokens)
+    else:
+        n = _fill([NOISE], length - fixed, count_tokens)
+        before = round(n * depth)
+        hay = NOISE * before, NOISE * (n - before)
+        if style == "drop":
+            rate = rng.uniform(0.0, drop)
+            hay = tuple(_drop_sentences(rng, lines, rate) for lines in (before, n - before))
+        elif style == "cut":
+            hay = tuple(_cut_spans(rng, text) for text in hay)
+    prompt = PASSKEY_TASK + hay[0] + needle + hay[1] + question
     return TaskSample("passkey", prompt, f" {key}.", [key], depth, length, max_tokens=8, question=question)
 
 
 NOISE_SENTENCES = re.findall(r"[^.]+\.\s", NOISE)
 
 
-def _noise(rng: random.Random, lines: int, drop: float) -> str:
-    """`lines` lines of NOISE, each sentence left out with probability `drop`."""
-    if drop <= 0:
-        return NOISE * lines
-    return "".join(s for _ in range(lines) for s in NOISE_SENTENCES if rng.random() >= drop)
+def _drop_sentences(rng: random.Random, lines: int, rate: float) -> str:
+    """`lines` lines of NOISE, each sentence left out with probability `rate`."""
+    return "".join(s for _ in range(lines) for s in NOISE_SENTENCES if rng.random() >= rate)
+
+
+def _cut_spans(rng: random.Random, text: str) -> str:
+    """`text` with one to len/150 spans of 1-40 characters cut out at random places."""
+    if len(text) < 50:
+        return text
+    starts = sorted(rng.sample(range(len(text)), rng.randint(1, max(1, len(text) // 150))))
+    kept, at = [], 0
+    for start in starts:
+        if start >= at:
+            kept.append(text[at:start])
+            at = start + rng.randint(1, 40)
+    return "".join(kept) + text[at:]
 
 
 def _word_key(rng: random.Random) -> str:

@@ -162,9 +162,9 @@ def main(argv=None):
                              "beyond the local window at one distance, as bounded KV retrieval shows them")
     parser.add_argument("--bounded-local", type=int, default=512,
                         help="the local window of those steps (the engine's --kv-local; its default sinks and blocks)")
-    parser.add_argument("--passkey-drop", type=float, default=0.0,
-                        help="most passkey haystacks leave out each noise sentence with a chance of up to this, so "
-                             "that the key cannot be found by its distance from the question (0: the exact format)")
+    parser.add_argument("--passkey-vary", type=float, default=0.0,
+                        help="the fraction of passkey haystacks with sentences left out, spans cut out or varied "
+                             "filler, so that the key can be found only by its content (0: all in the exact format)")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
@@ -204,7 +204,7 @@ def main(argv=None):
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
               "curve": [], "stages": []}
-    batcher = Batcher(tokenizer, args.seed, args.mix, args.passkey_drop)
+    batcher = Batcher(tokenizer, args.seed, args.mix, args.passkey_vary)
     if args.resume and os.path.isfile(state_path):
         saved = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
@@ -222,7 +222,7 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
-    parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, args.passkey_drop) if args.workers
+    parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, args.passkey_vary) if args.workers
                 else None)
     if args.stage is not None and args.stage != record["stage"]:
         if not 0 <= args.stage < len(size["lengths"]):
