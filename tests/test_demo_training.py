@@ -91,21 +91,29 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
     import random
     import torch
     from engine.demo.tokenizer import train_tokenizer
-    from engine.demo.batches import Batcher, ParallelBatcher
+    from engine.demo.batches import Batcher, ParallelBatcher, PasskeyVariety
     tok = train_tokenizer(512, samples=20)
-    parallel = ParallelBatcher(tok, seed=5, workers=2, mix=[("passkey", 1.0), ("filler", 1.0)], passkey_vary=0.5)
+    mix, variety = [("passkey", 1.0), ("filler", 1.0)], PasskeyVariety(0.5)
+    parallel = ParallelBatcher(tok, seed=5, workers=2, mix=mix, variety=variety)
     try:
         got = [parallel.batch(step, 64, 512) for step in range(3)]
         got.append(parallel.batch(3, 32, 256))     # the curriculum moved on: batches made ahead are made again
         got.append(parallel.batch(4, 32, 256, {"multikey": 32}))   # a task on its own curriculum, too
     finally:
         parallel.close()
-    one = Batcher(tok, 0, [("passkey", 1.0), ("filler", 1.0)], passkey_vary=0.5)
+    one = Batcher(tok, 0, mix, variety)
     for step, batch in enumerate(got):
         one.rng = random.Random(f"5-{step}")
         want = (one.batch(64, 512) if step < 3 else one.batch(32, 256) if step == 3
                 else one.batch(32, 256, {"multikey": 32}))
         assert all(torch.equal(a, b) for a, b in zip(batch[:3], want[:3])) and batch[3] == want[3]
+
+
+def test_unknown_passkey_styles_are_refused_before_training(tmp_path, capsys):
+    from engine.demo.train import main
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--smoke", "--passkey-vary", "0.5", "--passkey-styles", "drop,shuffle"])
+    assert "--passkey-styles" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_a_task_on_its_own_curriculum_keeps_its_shorter_lengths():

@@ -3,10 +3,11 @@ padded into batches of one length bucket; optionally made ahead by worker proces
 import argparse
 import atexit
 import random
+from dataclasses import dataclass
 
 import torch
 
-from engine.demo.tasks import PASSKEY_STYLES, facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
+from engine.demo.tasks import facts, multikey, kv_retrieval, passkey, filler_text, repeated_text
 
 TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat", 0.2), ("facts", 0.1),
             ("filler", 0.1)]   # facts: a fixed table only parametric memory can answer (the memory layers' job)
@@ -30,14 +31,23 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
     return mix
 
 
+@dataclass(frozen=True)
+class PasskeyVariety:
+    """Which passkey haystacks are not in the exact format, and how (engine.demo.tasks.passkey's styles)."""
+    fraction: float = 0.0                              # the share of passkey haystacks in a varied style
+    styles: tuple[str, ...] = ("drop", "cut", "filler")   # drawn evenly
+    drop: float = 0.3                                  # the `drop` style's highest chance to leave out a sentence
+
+
 class Batcher:
     """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
 
-    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None, passkey_vary: float = 0.0):
+    def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None,
+                 variety: PasskeyVariety = PasskeyVariety()):
         self.tok = tokenizer
         self.rng = random.Random(seed)
         self.mix = mix or TASK_MIX
-        self.passkey_vary = passkey_vary   # the fraction of passkey haystacks in a varied style (tasks.passkey)
+        self.variety = variety
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
@@ -53,8 +63,8 @@ class Batcher:
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
             return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
-        if task == "passkey" and self.passkey_vary > 0 and self.rng.random() < self.passkey_vary:
-            extra = {"style": self.rng.choice(PASSKEY_STYLES[1:])}
+        if task == "passkey" and self.variety.fraction > 0 and self.rng.random() < self.variety.fraction:
+            extra = {"style": self.rng.choice(self.variety.styles), "drop": self.variety.drop}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
         ids = self.tok.encode(sample.prompt)
         is_answer = [False] * len(ids)
@@ -88,12 +98,12 @@ class ParallelBatcher:
     curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
     def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None,
-                 passkey_vary: float = 0.0):
+                 variety: PasskeyVariety = PasskeyVariety()):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(tokenizer, mix, passkey_vary))
+                                        initializer=_init_worker, initargs=(tokenizer, mix, variety))
         self.seed, self.depth, self.pending = seed, max(8, 2 * workers), []
         atexit.register(self.close)   # also when training stops on an exception
 
@@ -115,10 +125,10 @@ class ParallelBatcher:
 _worker_batcher: Batcher | None = None
 
 
-def _init_worker(tokenizer, mix, passkey_vary):
+def _init_worker(tokenizer, mix, variety):
     global _worker_batcher
     torch.set_num_threads(1)
-    _worker_batcher = Batcher(tokenizer, 0, mix, passkey_vary)
+    _worker_batcher = Batcher(tokenizer, 0, mix, variety)
 
 
 def _make_batch(seed: str, max_len: int, tokens: int, caps: dict[str, int] | None = None):

@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from engine.config import EngineConfig
-from engine.demo.batches import GENERATORS, TASK_MIX, Batcher, ParallelBatcher, parse_mix
+from engine.demo.batches import GENERATORS, TASK_MIX, Batcher, ParallelBatcher, PasskeyVariety, parse_mix
+from engine.demo.tasks import PASSKEY_STYLES
 from engine.demo.tokenizer import train_tokenizer
 from engine.kv.config import KVConfig
 from engine.models.memory_llama import MemoryLlamaForCausalLM
@@ -165,10 +166,17 @@ def main(argv=None):
     parser.add_argument("--passkey-vary", type=float, default=0.0,
                         help="the fraction of passkey haystacks with sentences left out, spans cut out or varied "
                              "filler, so that the key can be found only by its content (0: all in the exact format)")
+    parser.add_argument("--passkey-styles", default="drop,cut,filler",
+                        help="the styles of those haystacks, drawn evenly (engine.demo.tasks.passkey)")
+    parser.add_argument("--passkey-drop", type=float, default=0.3,
+                        help="the `drop` style's highest chance to leave out a noise sentence")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
     args = parser.parse_args(argv)
+    variety = PasskeyVariety(args.passkey_vary, tuple(args.passkey_styles.split(",")), args.passkey_drop)
+    if not set(variety.styles) <= set(PASSKEY_STYLES):
+        parser.error(f"--passkey-styles: expected a comma-separated subset of {', '.join(PASSKEY_STYLES)}")
     size = SMOKE if args.smoke else FULL
     size = {**size, "tokens_per_step": [int(t * args.batch_scale) for t in size["tokens_per_step"]]}
     minutes = args.minutes if args.minutes is not None else (40 / 60 if args.smoke else 90.0)
@@ -204,7 +212,7 @@ def main(argv=None):
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
               "curve": [], "stages": []}
-    batcher = Batcher(tokenizer, args.seed, args.mix, args.passkey_vary)
+    batcher = Batcher(tokenizer, args.seed, args.mix, variety)
     if args.resume and os.path.isfile(state_path):
         saved = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
@@ -222,7 +230,7 @@ def main(argv=None):
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
 
-    parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, args.passkey_vary) if args.workers
+    parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, variety) if args.workers
                 else None)
     if args.stage is not None and args.stage != record["stage"]:
         if not 0 <= args.stage < len(size["lengths"]):
