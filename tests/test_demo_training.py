@@ -32,6 +32,9 @@ def test_smoke_training_learns_and_records(smoke_model):
     curve = record["curve"]
     assert curve[-1]["loss"] < curve[0]["loss"]
     assert "engine.demo.train" in record["command"]
+    tracked = record["task_acc_ema"]   # per task; a repeat's copied tokens are tracked too (the copy circuit)
+    assert {"passkey", "passkey_exact", "repeat"} <= set(tracked) and "filler" not in tracked
+    assert all(0.0 <= v <= 1.0 for v in tracked.values())
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert os.path.isfile(os.path.join(out, name))
 

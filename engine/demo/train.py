@@ -53,7 +53,8 @@ def model_config(size: dict, max_positions: int, rope_theta: float = 10000.0) ->
 def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats=True):
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
     teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
-    `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly).
+    `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly);
+    for `repeat` rows, the accuracy of the copied tokens (an in-context copy circuit shows there first).
     `body` is the decoder stack to run (default `model.model`; training may pass a compiled one). With `stats`
     False, only the loss (no host synchronisation for the statistics)."""
     positions = torch.arange(ids.shape[1] - 1, device=ids.device)
@@ -65,15 +66,17 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats
     if not stats:
         return loss
     with torch.no_grad():
-        correct = (logits.argmax(-1) == target) & ans
+        hit = logits.argmax(-1) == target
+        correct = hit & ans
         acc = correct.sum().item() / max(1, ans.sum().item())
         if tasks is None:
             return loss, acc
         per_task = {}
         row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(keep)[keep]
-        for name in set(tasks) - {"filler", "repeat"}:
-            rows = torch.tensor([t == name for t in tasks], device=ids.device)[row] & ans
-            per_task[name] = (correct & rows).sum().item() / max(1, rows.sum().item())
+        for name in set(tasks) - {"filler"}:
+            rows = torch.tensor([t == name for t in tasks], device=ids.device)[row]
+            scored = rows & (ans if name != "repeat" else w > 0)   # a repeat's answers: every copied token
+            per_task[name] = (hit & scored).sum().item() / max(1, scored.sum().item())
         per_task.update(_exact_answers(answers[:, 1:], keep, correct, tasks))
     return loss, acc, per_task
 
