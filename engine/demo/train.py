@@ -109,16 +109,27 @@ def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
         json.dump(record, f, indent=1)
 
 
-def init_weights(model: torch.nn.Module, std: float = 0.02):
-    """GPT-2 style: N(0, std) for embeddings and linears, residual projections scaled by 1/sqrt(2·layers).
-    Memory layers keep their own (UltraMemV2) initialisation."""
+def init_weights(model: torch.nn.Module, std: float = 0.02, scaled_residual: bool = False):
+    """N(0, std) for embeddings and linears (as transformers' Llama); with `scaled_residual` (GPT-2 style, the
+    demo model's init until session 11) the residual projections get std/sqrt(2·layers), which delays the
+    in-context copy circuit several-fold (bench/copy_formation.py). Memory layers keep their own (UltraMemV2)
+    initialisation."""
     layers = len(model.model.layers)
     for name, module in model.named_modules():
         if ".memory" in name:
             continue
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            scale = (2 * layers) ** -0.5 if name.endswith(("o_proj", "down_proj")) else 1.0
-            torch.nn.init.normal_(module.weight, std=std * scale)
+            scaled = scaled_residual and name.endswith(("o_proj", "down_proj"))
+            torch.nn.init.normal_(module.weight, std=std * ((2 * layers) ** -0.5 if scaled else 1.0))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; the memory layers' value tables learn 4x faster, without weight decay (each group's `lr_scale`)."""
+    values = [p for n, p in model.named_parameters() if "values" in n]
+    others = [p for n, p in model.named_parameters() if "values" not in n]
+    return torch.optim.AdamW([{"params": others, "lr_scale": 1.0},
+                              {"params": values, "lr_scale": 4.0, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused or None)
 
 
 def learning_rate(base: float, step: int, progress: float) -> float:
@@ -140,6 +151,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rope-theta", type=float, default=10000.0,
                         help="RoPE base of a new model (1e36: only the first rotary pairs are positional, NoPE-like)")
+    parser.add_argument("--scaled-residual-init", action="store_true",
+                        help="a new model's residual projections start at std/sqrt(2·layers) (GPT-2 style; the "
+                             "init until session 11, which learned to copy in context several times later)")
     parser.add_argument("--digit-group", type=int, default=1,
                         help="a new tokenizer's digits per number token: 1, or 3 (chunks of up to three digits, "
                              "vocabulary 4096)")
@@ -204,13 +218,9 @@ def main(argv=None):
         with open(os.path.join(args.out, "config.json")) as f:
             cfg = json.load(f)   # a resumed model keeps its own shape, vocabulary and rope
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
-    init_weights(model)
+    init_weights(model, scaled_residual=args.scaled_residual_init)
     model.to(args.device)
-    value_params = [p for n, p in model.named_parameters() if "values" in n]
-    other_params = [p for n, p in model.named_parameters() if "values" not in n]
-    optimizer = torch.optim.AdamW([{"params": other_params, "lr_scale": 1.0},
-                                   {"params": value_params, "lr_scale": 4.0, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=on_cuda or None)
+    optimizer = make_optimizer(model, args.lr, fused=on_cuda)
     command = " ".join(["python -m engine.demo.train"] + sys.argv[1:])
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
