@@ -47,12 +47,12 @@ PASSKEY_STYLES = ("exact", "drop", "cut", "filler")
 
 def passkey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
             style: str = "exact", drop: float = 0.3) -> TaskSample:
-    """`style` (training only) varies the haystack, so that the key can be found only by its content (the
-    repeated noise lets a model find the key's digits by their distance from the question, or by the one place
-    where the noise is broken, and such a model fails once retrieval moves blocks: bench/RESULTS.md, session 10):
-    `drop` leaves out each noise sentence with a chance of up to `drop`; `cut` cuts spans of 1-40 characters out
-    of the noise at random places, breaking it mid-word as retrieval's blocks do; `filler` uses varied sentences
-    (`filler_text`) instead of the repeated noise."""
+    """`style` (training, and the probes of bench/passkey_cuts.py) varies the haystack, so that the key can be
+    found only by its content. The repeated noise lets a model find the key's digits by their distance from the
+    question, or by the one place where the noise breaks, and such a model fails once retrieval moves blocks
+    (bench/RESULTS.md, sessions 10-11). `drop` leaves out each noise sentence with a chance of up to `drop`; `cut`
+    cuts spans of 1-40 characters out of the noise at random places, mid-word as retrieval's blocks do; `filler`
+    uses varied sentences (`filler_text`) instead of the repeated noise."""
     if style not in PASSKEY_STYLES:
         raise ValueError(f"passkey style {style!r}: expected one of {', '.join(PASSKEY_STYLES)}")
     key = str(rng.randint(10000, 99999))
