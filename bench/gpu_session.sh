@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# One GPU lease (a dry run here: DEVICE=cpu TRAIN_S=20 WORKERS=1 OUT=/tmp/out bash bench/gpu_session.sh).
 # One GPU lease (15 device minutes in all, ≤ 600 s per call): three training runs of the demo model side by side on
 # the GPU (session 4: two runs sharing the H200 each kept ~90% of one run's steps/s), all with varied passkey
 # haystacks (--passkey-vary), beside the device checks of the policies (bounded and compressed positions included)
@@ -11,7 +10,7 @@
 # 0.00 after a one-token cut, so retrieval with bounded or compressed positions loses it (bench/RESULTS.md, sessions
 # 10-11). With 75% of the haystacks varied, the passkey curriculum (--advance-on passkey) can only move on once the
 # key is copied by content. The runs:
-#   bundle   the bundle, back at 128-256 tokens (--stage 1)
+#   bundle   the bundle, back at rows of up to 256 tokens (--stage 1)
 #   scratch  a new model from 128 tokens (session 4: 9.6 H200 minutes gave passkey 1.00/0.90/0.55/0.30 at 256-2,048,
 #            by the shortcut)
 #   repeat   a new model with half of its rows repeats (the copy task), for the copy circuit first
