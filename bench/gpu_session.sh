@@ -14,8 +14,8 @@
 #   scratch  a new model from 128 tokens (session 4: 9.6 H200 minutes gave passkey 1.00/0.90/0.55/0.30 at 256-2,048,
 #            by the shortcut)
 #   repeat   a new model with half of its rows repeats (the copy task), for the copy circuit first
-# New models start from the Llama init (session 11): with the bundle's GPT-2-style init, whose residual projections
-# start smaller, a small model learned to copy in context several times later (bench/copy_formation.py).
+# At the demo's shape a new model learns pure repeats within a few hundred steps (bench/copy_formation.py), so the
+# bundle's missing copy circuit is put down to its data: hence `repeat` and the varied haystacks.
 # `continue` resumes the runs left in /tmp/runs by the first call (optimizer state included). Then, here, each model:
 #   python -m bench.passkey_cuts --model DIR --length 256 --samples 60 --cuts 0,1,6,25 --styles exact,drop,cut,filler \
 #       --copy                       (a content-copying model answers every row alike), the same at --length 2048,

@@ -112,8 +112,8 @@ def save_checkpoint(model, tokenizer, out: str, record: dict, cfg: dict):
 def init_weights(model: torch.nn.Module, std: float = 0.02, scaled_residual: bool = False):
     """N(0, std) for embeddings and linears (as transformers' Llama); with `scaled_residual` (GPT-2 style, the
     demo model's init until session 11) the residual projections get std/sqrt(2·layers), which delays the
-    in-context copy circuit several-fold (bench/copy_formation.py). Memory layers keep their own (UltraMemV2)
-    initialisation."""
+    in-context copy circuit several-fold at a small shape, though not at the demo's (bench/copy_formation.py).
+    Memory layers keep their own (UltraMemV2) initialisation."""
     layers = len(model.model.layers)
     for name, module in model.named_modules():
         if ".memory" in name:
@@ -153,7 +153,7 @@ def main(argv=None):
                         help="RoPE base of a new model (1e36: only the first rotary pairs are positional, NoPE-like)")
     parser.add_argument("--scaled-residual-init", action="store_true",
                         help="a new model's residual projections start at std/sqrt(2·layers) (GPT-2 style; the "
-                             "init until session 11, which learned to copy in context several times later)")
+                             "init until session 11)")
     parser.add_argument("--digit-group", type=int, default=1,
                         help="a new tokenizer's digits per number token: 1, or 3 (chunks of up to three digits, "
                              "vocabulary 4096)")
