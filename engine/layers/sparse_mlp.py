@@ -88,15 +88,25 @@ def rows_dot(idx: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.
     return x @ F.embedding(idx, weight).T
 
 
+def active_union(mask: torch.Tensor, max_density: float) -> torch.Tensor | None:
+    """The columns of mask [B, n] non-zero in any row, when at most `max_density`·n (and some): the sparse
+    kernels' indices; None where the dense kernels are to run."""
+    if max_density <= 0:
+        return None
+    idx = mask.any(0).nonzero().squeeze(1)
+    return idx if 0 < idx.numel() <= max_density * mask.shape[1] else None
+
+
+def _linear_over(x_masked: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor | None):
+    """F.linear of the masked rows, reading only the input columns `idx` of Wᵀ (all of W when None)."""
+    return F.linear(x_masked, weight) if idx is None else bag_sum(idx, weight_t, x_masked[:, idx])
+
+
 def input_sparse_linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, mask: torch.Tensor,
                         max_density: float):
     """y[b] = Σ_{i: mask[b, i]} x[b, i] · W[:, i]  for x [B, in], W [out, in] and its input-major copy Wᵀ.
     A dense union runs `F.linear` on the masked input (the same kernel and layout as the dense model)."""
-    if max_density > 0:
-        idx = mask.any(0).nonzero().squeeze(1)
-        if 0 < idx.numel() <= max_density * x.shape[1]:
-            return bag_sum(idx, weight_t, (x * mask)[:, idx])
-    return F.linear(x * mask, weight)
+    return _linear_over(x * mask, weight, weight_t, active_union(mask, max_density))
 
 
 def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: SparsityContext) -> torch.Tensor:
@@ -104,8 +114,9 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
     if plan.mode == "teal":
         t_in, t_down = plan.thresholds[layer]
         mask_in = x.abs() > t_in
-        gate = input_sparse_linear(x, mlp.gate_proj.weight, mlp.input_major("gate_proj"), mask_in, plan.max_density)
-        up = input_sparse_linear(x, mlp.up_proj.weight, mlp.input_major("up_proj"), mask_in, plan.max_density)
+        x_in, idx_in = x * mask_in, active_union(mask_in, plan.max_density)   # shared by gate and up
+        gate = _linear_over(x_in, mlp.gate_proj.weight, mlp.input_major("gate_proj"), idx_in)
+        up = _linear_over(x_in, mlp.up_proj.weight, mlp.input_major("up_proj"), idx_in)
         h = mlp.act(gate) * up
         mask_h = h.abs() > t_down
         ctx.record(layer, int((~mask_in).sum() + (~mask_h).sum()), mask_in.numel() + mask_h.numel())
@@ -115,9 +126,8 @@ def sparse_forward(mlp, x: torch.Tensor, plan: SparsePlan, layer: int, ctx: Spar
         gate = gate * (gate.abs() > plan.thresholds[layer])    # relu: its zeros are already there
     active = int(torch.count_nonzero(gate))
     ctx.record(layer, gate.numel() - active, gate.numel())
-    if plan.max_density > 0:
-        idx = gate.ne(0).any(0).nonzero().squeeze(1)
-        if 0 < idx.numel() <= plan.max_density * gate.shape[1]:
-            up = rows_dot(idx, mlp.up_proj.weight, x)                # [B, k]: only the active rows of W_up
-            return bag_sum(idx, mlp.input_major("down_proj"), gate[:, idx] * up)
+    idx = active_union(gate, plan.max_density)
+    if idx is not None:
+        up = rows_dot(idx, mlp.up_proj.weight, x)                    # [B, k]: only the active rows of W_up
+        return bag_sum(idx, mlp.input_major("down_proj"), gate[:, idx] * up)
     return F.linear(gate * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)   # what the dense MLP computes
