@@ -145,3 +145,20 @@ def test_the_task_mix_decides_which_tasks_a_batch_holds():
     assert set(tasks) == {"passkey", "filler"} and tasks.count("passkey") > tasks.count("filler")
     with pytest.raises(Exception, match="TASK=WEIGHT"):
         parse_mix("passkey")
+
+
+def test_copy_rows_repeat_a_random_run_and_weigh_only_the_knowable_repeat():
+    from engine.demo.tokenizer import train_tokenizer
+    from engine.demo.batches import Batcher, parse_mix
+    tok = train_tokenizer(512, samples=20)
+    ids, weights, answers, tasks = Batcher(tok, 0, parse_mix("copy=1")).batch(128, 4000)
+    assert set(tasks) == {"copy"} and not answers.any()
+    runs = set()
+    for row, w in zip(ids.tolist(), weights.tolist()):
+        n = (len(row) - row.count(tok.eos_token_id) - 1) // 2
+        run = row[1:n + 1]
+        assert row[0] == tok.bos_token_id and row[n + 1:2 * n + 1] == run and 8 <= n <= 64
+        assert not set(run) & set(tok.all_special_ids)
+        assert [i for i, x in enumerate(w) if x > 0] == list(range(n + 2, 2 * n + 1))
+        runs.add(n)
+    assert len(runs) > 1   # the run's length varies

@@ -14,12 +14,13 @@ TASK_MIX = [("multikey", 0.3), ("passkey", 0.2), ("kv_retrieval", 0.1), ("repeat
 FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: denser retrieval signal (MQAR)
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
 REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
+COPY_TASK = "copy"    # random token ids, then the same again: the purest copy signal (not in the default mix)
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
 
 
 def parse_mix(text: str) -> list[tuple[str, float]]:
     """'passkey=0.5,filler=0.5' -> [("passkey", 0.5), ("filler", 0.5)]: the tasks of a batch and their weights."""
-    known = [t for t, _ in TASK_MIX]
+    known = [t for t, _ in TASK_MIX] + [COPY_TASK]
     mix = []
     for part in filter(None, text.split(",")):
         task, _, weight = part.partition("=")
@@ -49,6 +50,7 @@ class Batcher:
         self.mix = mix or TASK_MIX
         self.variety = variety
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+        self._copy_pool = None   # the token ids of `copy` rows
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
         task = self.rng.choices([t for t, _ in self.mix], [w for _, w in self.mix])[0]
@@ -58,6 +60,8 @@ class Batcher:
         if task == "filler":
             ids = self.tok.encode(filler_text(self.rng, length, self.count))[:length]
             return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
+        if task == COPY_TASK:
+            return task, *self._copy_row(length)
         if task == "repeat":
             first, again = repeated_text(self.rng, length, self.count)
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
@@ -76,6 +80,18 @@ class Batcher:
         ids.append(self.tok.eos_token_id)
         is_answer.append(True)
         return task, ids, [float(a) for a in is_answer], is_answer
+
+    def _copy_row(self, length: int):
+        """BOS, a run of 8 to length/2 random non-special token ids, the run again; the loss is on the repeat
+        from its second token (its first cannot be known). The run's length varies, so no fixed offset finds
+        the copy: only matching content does (bench/copy_formation.py)."""
+        if self._copy_pool is None:
+            specials = set(self.tok.all_special_ids)
+            self._copy_pool = [i for i in range(len(self.tok)) if i not in specials]
+        run = self.rng.choices(self._copy_pool, k=self.rng.randint(8, max(8, length // 2)))
+        ids = [self.tok.bos_token_id] + run + run
+        weights = [0.0] * (len(run) + 2) + [REPEAT_WEIGHT] * (len(run) - 1)
+        return ids, weights, [False] * len(ids)
 
     def batch(self, max_len: int, tokens: int, caps: dict[str, int] | None = None):
         """A batch of about `tokens` tokens; `caps`: the lower maximum lengths of tasks on their own curriculum."""

@@ -54,7 +54,7 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats
     """Weighted next-token loss; logits are computed only where the loss weight is non-zero. Also the
     teacher-forced answer-token accuracy, and (when the rows' `tasks` are given) per task both that accuracy and
     `{task}_exact`, the fraction of answers whose every token is right (what greedy decoding would get exactly);
-    for `repeat` rows, the accuracy of the copied tokens (an in-context copy circuit shows there first).
+    for `repeat` and `copy` rows, the accuracy of the copied tokens (an in-context copy circuit shows there first).
     `body` is the decoder stack to run (default `model.model`; training may pass a compiled one). With `stats`
     False, only the loss (no host synchronisation for the statistics)."""
     positions = torch.arange(ids.shape[1] - 1, device=ids.device)
@@ -75,7 +75,7 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats
         row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(keep)[keep]
         for name in set(tasks) - {"filler"}:
             rows = torch.tensor([t == name for t in tasks], device=ids.device)[row]
-            scored = rows & (ans if name != "repeat" else w > 0)   # a repeat's answers: every copied token
+            scored = rows & (w > 0 if name in ("repeat", "copy") else ans)   # a repeat's answers: every copied token
             per_task[name] = (hit & scored).sum().item() / max(1, scored.sum().item())
         per_task.update(_exact_answers(answers[:, 1:], keep, correct, tasks))
     return loss, acc, per_task
@@ -91,7 +91,7 @@ def _exact_answers(answers: torch.Tensor, keep: torch.Tensor, correct: torch.Ten
     wrong.index_add_(0, span[answers], is_wrong[answers].float())
     span_rows = starts.nonzero()[:, 0]
     exact = {}
-    for name in set(tasks) - {"filler", "repeat"}:
+    for name in set(tasks) - {"filler", "repeat", "copy"}:
         mine = torch.tensor([tasks[r] == name for r in span_rows.tolist()], dtype=torch.bool, device=wrong.device)
         if mine.any():
             exact[f"{name}_exact"] = (wrong[mine] == 0).float().mean().item()
