@@ -6,7 +6,8 @@
                                                                              # after each section)
 
 1. Sparse-MLP Triton kernels on the device against the CPU kernels (max abs diff), and their time against a dense
-   `F.linear` at 50% density (batch 1/2/4) and 10% (batch 1/4), on the 1.1B shape's MLP matrices.
+   `F.linear` at 50% density (batch 1/2/4) and 10% (batch 1/4), on the 1.1B shape's MLP matrices; and the union
+   density up to which the engine takes the sparse kernels there, as it measures it (teal, cats).
 2. Every KV policy through the engine on the device against the CPU engine (fp32 both): greedy tokens equal; the
    retrieval policies also with KV tiers (`kv_offload`, a device cache small enough to evict); then prompts whose
    blocks come from the prefix cache, and prompt logprobs, against the CPU.
@@ -31,7 +32,9 @@ from tqdm import tqdm
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
 from engine.layers import sparse_gemv_triton
-from engine.layers.sparse_mlp import bag_sum
+from engine.layers.mlp import GatedMLP
+from engine.layers.sparse_crossover import measure_crossover
+from engine.layers.sparse_mlp import SparsityContext, bag_sum
 
 
 def synchronize(device: str):
@@ -73,7 +76,18 @@ def check_kernels(device: str, hidden: int, inter: int) -> list[dict]:
         else:
             row["skipped"] = "Triton kernels do not serve this device"
         rows.append(row)
-    return rows
+    return rows + measured_crossovers(device, hidden, inter)
+
+
+def measured_crossovers(device: str, hidden: int, inter: int) -> list[dict]:
+    """The union density up to which the engine takes the sparse kernels, as the model runner measures it on this
+    device (8 MLPs of the given shape, random weights)."""
+    torch.manual_seed(0)
+    mlps = [GatedMLP(hidden, inter, "silu").requires_grad_(False).to(device) for _ in range(8)]
+    for mlp in mlps:
+        mlp.sparsity = SparsityContext()
+    return [{"mode": mode, "device": device, "hidden": hidden, "intermediate": inter,
+             "crossover_density": measure_crossover(mlps, mode)} for mode in ("teal", "cats")]
 
 
 def check_policies(device: str, path: str) -> list[dict]:

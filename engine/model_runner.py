@@ -18,7 +18,7 @@ from engine.layers.context_runs import context_runs
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.mlp import GatedMLP
 from engine.layers.sparse_crossover import measure_crossover
-from engine.layers.sparse_mlp import DEFAULT_MAX_DENSITY, SparsePlan, SparsityContext, parse_sparsity
+from engine.layers.sparse_mlp import SparsePlan, SparsityContext, parse_sparsity
 from engine.malloc_tuning import keep_freed_memory
 from engine.sampling_params import SamplingParamsError
 from engine.models.loader import load_model
@@ -68,7 +68,7 @@ class ModelRunner:
         self.mlps = [m for m in self.model.modules() if isinstance(m, GatedMLP)]
         for i, mlp in enumerate(self.mlps):
             mlp.sparsity, mlp.layer_idx = self.sparsity, i
-        self._crossover: dict[str, float] = {}   # CPU: measured sparse-kernel crossover density per kernel family
+        self._crossover: dict[str, float] = {}   # measured sparse-kernel crossover density per kernel family
         cores = torch.get_num_threads()
         self.decode_threads = config.decode_threads or cores
         self.prefill_threads = config.prefill_threads or cores
@@ -170,19 +170,17 @@ class ModelRunner:
 
     def mlp_max_density(self, mode: str, rows: int = 1) -> float:
         """Union density of active MLP rows above which dense kernels run under `mode` for `rows` decode rows:
-        configured; CUDA's default; or on the CPU measured once per kernel family on this model's MLP shape at
-        batch 1 (engine.layers.sparse_crossover) and divided by `rows`: the sparse kernels read each active row
-        once per batch row (one bag per row), the dense GEMM reads the weights once for all of them."""
+        configured, or measured once per kernel family on this model's MLP shape and this device at batch 1
+        (engine.layers.sparse_crossover) and divided by `rows`: the sparse kernels read each active row once per
+        batch row (one bag per row), the dense GEMM reads the weights once for all of them."""
         configured = self.config.mlp_sparse_max_density
         if configured is not None:
             return configured
-        if self.device.type != "cpu":
-            return DEFAULT_MAX_DENSITY.get(self.device.type, 0.6)
         family = "teal" if mode == "teal" else "rows"   # relu and cats share their kernels
         if family not in self._crossover:
             self._crossover[family] = measure_crossover(self.mlps, mode)
             log.info("sparse MLP (%s): sparse kernels up to a union density of %.2f, measured on this model's "
-                     "MLP shape", mode, self._crossover[family])
+                     "MLP shape on %s", mode, self._crossover[family], self.device.type)
         return self._crossover[family] / rows
 
     def release(self, seq):

@@ -82,12 +82,16 @@ class Batcher:
         return task, ids, [float(a) for a in is_answer], is_answer
 
     def _copy_row(self, length: int):
-        """BOS, a run of 8 to length/2 random non-special token ids, the run again; the loss is on the repeat
+        """BOS, a run of 8 to length/2 random tokens of task text, the run again; the loss is on the repeat
         from its second token (its first cannot be known). The run's length varies, so no fixed offset finds
         the copy: only matching content does (bench/copy_formation.py)."""
-        if self._copy_pool is None:
+        if self._copy_pool is None:   # the tokens of task text: what the tasks need copied (digits, words)
+            rng = random.Random(0)
+            text = [filler_text(rng, 2000, self.count), multikey(rng, 2000, 0.5, self.count).prompt,
+                    kv_retrieval(rng, 1000, 0.5, self.count).prompt, " ".join(map(str, range(1000)))]
             specials = set(self.tok.all_special_ids)
-            self._copy_pool = [i for i in range(len(self.tok)) if i not in specials]
+            self._copy_pool = sorted({i for t in text for i in self.tok.encode(t, add_special_tokens=False)}
+                                     - specials)
         run = self.rng.choices(self._copy_pool, k=self.rng.randint(8, max(8, length // 2)))
         ids = [self.tok.bos_token_id] + run + run
         weights = [0.0] * (len(run) + 2) + [REPEAT_WEIGHT] * (len(run) - 1)

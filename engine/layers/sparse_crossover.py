@@ -1,9 +1,10 @@
 """Where the sparse MLP kernels pay: the union density of active rows below which they beat the dense kernels,
 measured once per model and mode on its own MLP shape.
 
-A fixed crossover cannot fit every shape: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x faster than
+A fixed crossover cannot fit every shape or device: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x faster than
 dense, while on the demo model (an MLP of 0.4 M weights, a few tens of µs of kernel launches) the sparse path is
-slower at any density (bench/RESULTS.md). So the model runner times a pass through the layers' MLPs at batch 1
+slower at any density, and on an H200 the Triton gathers were 1.6-3x slower than a dense GEMV at density 0.5
+(bench/RESULTS.md). So the model runner times a pass through the layers' MLPs at batch 1
 (as a decode step makes it: one layer repeated would run from the caches and flatter the dense kernels), dense
 against the sparse path at a few densities, and takes the density where the speedup crosses 1, interpolated
 between the last density where the sparse path was faster and the first where it was not. 0 means that the dense
@@ -49,10 +50,12 @@ def measure_crossover(mlps: list, mode: str) -> float:
     weight = first.gate_proj.weight
     x = torch.randn(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
     scratch = SparsityContext()
+    finish = torch.cuda.synchronize if weight.is_cuda else (lambda: None)   # time the kernels, not their launch
 
     def dense():
         for mlp in mlps:
             mlp.down_proj(mlp.act(mlp.gate_proj(x)) * mlp.up_proj(x))
+        finish()
     start = time.perf_counter()
     dense()
     repeats = max(3, min(30, int(0.02 / max(time.perf_counter() - start, 1e-6))))   # ~20 ms of each per density
@@ -65,6 +68,7 @@ def measure_crossover(mlps: list, mode: str) -> float:
         def sparse():
             for mlp in mlps:
                 sparse_forward(mlp, x, plan, 0, scratch)
+            finish()
         sparse_s = _best_time(sparse, repeats)
         speedup = _best_time(dense, repeats) / sparse_s   # dense timed after, so both see the same machine state
         if speedup <= 1.0:

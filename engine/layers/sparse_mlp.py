@@ -21,10 +21,6 @@ import torch.nn.functional as F
 from engine.layers import sparse_gemv_triton
 
 MODES = ("dense", "relu", "teal", "cats")
-# Union density above which the dense kernels are faster. CPU: measured per model and mode at first use
-# (engine.layers.sparse_crossover; up to ~0.6 on the 1.1B shape, 0 on the demo model). CUDA: the Triton gathers
-# were 1.6-3x slower than a dense GEMV at 0.5 on an H200 (bench/RESULTS.md), so only very sparse unions take them.
-DEFAULT_MAX_DENSITY = {"cuda": 0.1}
 
 
 @dataclass(frozen=True)
