@@ -12,8 +12,9 @@
 # 10-11). With 75% of the haystacks varied, the passkey curriculum (--advance-on passkey) can only move on once the
 # key is copied by content. The runs:
 #   bundle   the bundle, back at rows of up to 256 tokens (--stage 1)
-#   scratch  a new model from 128 tokens (session 4: 9.6 H200 minutes gave passkey 1.00/0.90/0.55/0.30 at 256-2,048,
-#            by the shortcut)
+#   copyfirst  session 12's CPU model (bench/models/copy_first: copy-only steps first, then 55 CPU minutes of the
+#            mix; it finds the key by content, but its memory layers do nothing yet and multikey stayed at 128
+#            tokens), resumed with more facts and multikey rows
 #   copy     a new model that first learns to copy only (`copy` rows: random tokens, then the same again; stage 0,
 #            COPY_STEPS steps), then the mix with 30% copy rows kept (session 12: on the CPU, mixing in the tasks
 #            before the copy accuracy passed ~0.5 undid the copy circuit)
@@ -26,13 +27,13 @@
 #   python -m bench.longctx --model DIR --tasks passkey,multikey --lengths 256,512,1024,2048 --policies full \
 #       --samples 100 --seed 7 --no-timing --threads 1          (against the bundle), and at 8k with
 #   --policies actqkv,quest --budgets 2048 --positions bounded (and compressed); bundle the better model.
-# A dry run here: DEVICE=cpu TRAIN_S=20 WORKERS=1 OUT=/tmp/out bash bench/gpu_session.sh
+# A dry run here: DEVICE=cpu TRAIN_S=30 COPY_S=10 WORKERS=1 OUT=/tmp/out bash bench/gpu_session.sh
 # Session 9 ran an earlier form (one run, beside the kernel timings), session 4 two candidates side by side.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 MODE=${MODE:-first}
 TRAIN_S=${TRAIN_S:-480}              # each training run's seconds
-RUNS=${RUNS:-bundle scratch copy}  # runs side by side (above); `bundle` resumes the bundled model, others start anew
+RUNS=${RUNS:-bundle copyfirst copy}  # runs side by side (above); `bundle` resumes the bundled model, others start anew
 WORKERS=${WORKERS:-4}                # data workers per run (16 cores; one worker makes > 120 k tokens/s)
 BATCH_SCALE=${BATCH_SCALE:-2}
 MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
@@ -49,8 +50,10 @@ for run in $RUNS; do
         rm -rf /tmp/runs/$run
         mkdir /tmp/runs/$run
         [ $run = bundle ] && cp engine/demo/model/* /tmp/runs/$run && extra="--stage 1"
+        [ $run = copyfirst ] && cp bench/models/copy_first/* /tmp/runs/$run
     fi
     mix=$MIX seconds=$TRAIN_S
+    [ $run = copyfirst ] && mix=copy=0.1,passkey=0.2,multikey=0.3,facts=0.25,filler=0.1,kv_retrieval=0.05
     if [ $run = copy ]; then
         mix=copy=0.3,passkey=0.25,multikey=0.2,facts=0.1,filler=0.05,kv_retrieval=0.1
         [ "$MODE" = first ] && seconds=$((TRAIN_S - COPY_S))
