@@ -16,7 +16,7 @@ class KVConfig:
     positions: str = "original"   # original: true positions; bounded: sinks and retrieved blocks sit just past local;
     #                               compressed: they sit side by side, in order, just before local
     window: int = 256             # prefill query tokens per retrieval
-    repr_topk: int = 2            # keys averaged into a block's representative (most attended in the local window)
+    repr_topk: int = 8            # keys averaged into a block's representative (most attended in the local window)
     per_head: bool = False        # actqkv: select per KV head (finds more needles, answers fewer: bench/RESULTS.md)
     tau: float = 0.1              # actqkv: softmax temperature of the information-density entropy
     cutoff: str = "entropy"       # actqkv: entropy | top_p
