@@ -1,14 +1,14 @@
 """Where the sparse MLP kernels pay: the union density of active rows below which they beat the dense kernels,
-measured once per model and mode on its own MLP shape.
+measured once per model and mode on its own MLP shape and device.
 
-A fixed crossover cannot fit every shape or device: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x faster than
-dense, while on the demo model (an MLP of 0.4 M weights, a few tens of µs of kernel launches) the sparse path is
-slower at any density, and on an H200 the Triton gathers were 1.6-3x slower than a dense GEMV at density 0.5
-(bench/RESULTS.md). So the model runner times a pass through the layers' MLPs at batch 1
-(as a decode step makes it: one layer repeated would run from the caches and flatter the dense kernels), dense
-against the sparse path at a few densities, and takes the density where the speedup crosses 1, interpolated
-between the last density where the sparse path was faster and the first where it was not. 0 means that the dense
-kernels always run; the masks, and so the outputs and the achieved-sparsity statistics, stay the same.
+A fixed crossover cannot fit every shape or device: on the 1.1B shape `teal` at density 0.5 runs the MLP 1.4x
+faster than dense, while on the demo model (an MLP of 0.4 M weights, a few tens of µs of kernel launches) the
+sparse path is slower at any density, and on an H200 the Triton gathers were 1.6-3x slower than a dense GEMV at
+density 0.5 (bench/RESULTS.md). So the model runner times a pass through the layers' MLPs at batch 1 (as a decode
+step makes it: one layer repeated would run from the caches and flatter the dense kernels), dense against the
+sparse path at a few densities, and takes the density where the speedup crosses 1, interpolated between the last
+density where the sparse path was faster and the first where it was not. 0 means that the dense kernels always
+run; the masks, and so the outputs and the achieved-sparsity statistics, stay the same.
 """
 import time
 import timeit
