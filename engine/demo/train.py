@@ -11,7 +11,9 @@ modelling. A length curriculum starts at short contexts and doubles the maximum 
 accuracy of the current stage passes `--advance-at`; each batch mixes lengths between a quarter of the current
 maximum and the maximum. Tasks named in `--own-curriculum` keep their own, lower maximum, doubled only by their own
 exact-answer rate, so that a task the model has not learned yet (multi-key needles) stays at lengths where it can
-be learned while the others move on.
+be learned while the others move on. `copy` rows (random tokens of task text, then the same again; not in the
+default mix) teach in-context copying on its own: a new model trained first with `--mix copy=1 --stage 0`, then on
+the tasks, finds pass keys by their content (bench/RESULTS.md, session 12).
 """
 import argparse
 import json
