@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import machine, write_json
+from engine.demo.batches import copy_row
 from engine.demo.train import (FULL, SMOKE, init_weights, learning_rate, loss_and_accuracy, make_optimizer,
                                model_config)
 from engine.models.memory_llama import MemoryLlamaForCausalLM
@@ -37,9 +38,9 @@ def repeat_batch(rng: random.Random, rows: int, vocab: int, shortest: int = 8, l
     weights = torch.zeros(rows, 2 * longest + 1)
     for row in range(rows):
         n = rng.randint(shortest, longest)
-        run = [rng.randrange(10, vocab) for _ in range(n)]
-        ids[row, :2 * n + 1] = torch.tensor([1] + run + run)
-        weights[row, n + 2:2 * n + 1] = 1.0   # the repeat's second token on: its first cannot be known
+        row_ids, row_weights = copy_row(1, [rng.randrange(10, vocab) for _ in range(n)], 1.0)
+        ids[row, :2 * n + 1] = torch.tensor(row_ids)
+        weights[row, :2 * n + 1] = torch.tensor(row_weights)
     return ids, weights
 
 

@@ -15,7 +15,13 @@ FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: 
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
 REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
 COPY_TASK = "copy"    # random token ids, then the same again: the purest copy signal (not in the default mix)
+COPIED_TASKS = ("repeat", COPY_TASK)   # rows scored on every copied token, not on answers
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
+
+
+def copy_row(bos: int, run: list[int], weight: float) -> tuple[list[int], list[float]]:
+    """BOS, `run`, `run` again, and loss weights on the repeat from its second token (its first cannot be known)."""
+    return [bos] + run + run, [0.0] * (len(run) + 2) + [weight] * (len(run) - 1)
 
 
 def parse_mix(text: str) -> list[tuple[str, float]]:
@@ -82,9 +88,8 @@ class Batcher:
         return task, ids, [float(a) for a in is_answer], is_answer
 
     def _copy_row(self, length: int):
-        """BOS, a run of 8 to length/2 random tokens of task text, the run again; the loss is on the repeat
-        from its second token (its first cannot be known). The run's length varies, so no fixed offset finds
-        the copy: only matching content does (bench/copy_formation.py)."""
+        """A `copy_row` of a run of 8 to length/2 random tokens of task text. The run's length varies, so no
+        fixed offset finds the copy: only matching content does (bench/copy_formation.py)."""
         if self._copy_pool is None:   # the tokens of task text: what the tasks need copied (digits, words)
             rng = random.Random(0)
             text = [filler_text(rng, 2000, self.count), multikey(rng, 2000, 0.5, self.count).prompt,
@@ -93,8 +98,7 @@ class Batcher:
             self._copy_pool = sorted({i for t in text for i in self.tok.encode(t, add_special_tokens=False)}
                                      - specials)
         run = self.rng.choices(self._copy_pool, k=self.rng.randint(8, max(8, length // 2)))
-        ids = [self.tok.bos_token_id] + run + run
-        weights = [0.0] * (len(run) + 2) + [REPEAT_WEIGHT] * (len(run) - 1)
+        ids, weights = copy_row(self.tok.bos_token_id, run, REPEAT_WEIGHT)
         return ids, weights, [False] * len(ids)
 
     def batch(self, max_len: int, tokens: int, caps: dict[str, int] | None = None):

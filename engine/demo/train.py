@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from engine.config import EngineConfig
-from engine.demo.batches import GENERATORS, TASK_MIX, Batcher, ParallelBatcher, PasskeyVariety, parse_mix
+from engine.demo.batches import COPIED_TASKS, GENERATORS, TASK_MIX, Batcher, ParallelBatcher, PasskeyVariety, parse_mix
 from engine.demo.tasks import PASSKEY_STYLES
 from engine.demo.tokenizer import train_tokenizer
 from engine.kv.config import KVConfig
@@ -77,7 +77,7 @@ def loss_and_accuracy(model, ids, weights, answers, tasks=None, body=None, stats
         row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(keep)[keep]
         for name in set(tasks) - {"filler"}:
             rows = torch.tensor([t == name for t in tasks], device=ids.device)[row]
-            scored = rows & (w > 0 if name in ("repeat", "copy") else ans)   # a repeat's answers: every copied token
+            scored = rows & (w > 0 if name in COPIED_TASKS else ans)
             per_task[name] = (hit & scored).sum().item() / max(1, scored.sum().item())
         per_task.update(_exact_answers(answers[:, 1:], keep, correct, tasks))
     return loss, acc, per_task
@@ -93,7 +93,7 @@ def _exact_answers(answers: torch.Tensor, keep: torch.Tensor, correct: torch.Ten
     wrong.index_add_(0, span[answers], is_wrong[answers].float())
     span_rows = starts.nonzero()[:, 0]
     exact = {}
-    for name in set(tasks) - {"filler", "repeat", "copy"}:
+    for name in set(tasks) - {"filler", *COPIED_TASKS}:
         mine = torch.tensor([tasks[r] == name for r in span_rows.tolist()], dtype=torch.bool, device=wrong.device)
         if mine.any():
             exact[f"{name}_exact"] = (wrong[mine] == 0).float().mean().item()
