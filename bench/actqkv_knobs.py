@@ -21,7 +21,7 @@ from bench.common import machine, write_json
 from bench.longctx import accuracy, make_samples
 from engine import LLM
 
-KNOBS = "tau=0.03,0.3,1.0;top_p=0.5,0.8,0.9,0.95;warmup=0,64,1024;per_head=true;repr_topk=1,2,8,16"
+KNOBS = "tau=0.03,0.3,1.0;top_p=0.5,0.8,0.9,0.95;warmup=0,64,1024;per_head=true;repr_topk=1,2,8,16;repr_count=1,2,4"
 
 
 def parse_knobs(spec: str) -> list[tuple[str, object]]:

@@ -30,6 +30,8 @@ _HELP = {
                     "(side by side in order, just before the local window)",
     "kv_window": "prefill query tokens per retrieval",
     "kv_repr_topk": "most-attended keys averaged into a block representative",
+    "kv_repr_count": "representatives per block, each the mean of the most-attended keys of one run of tokens; "
+                     "a block scores as its best (the gcd of this and the block size)",
     "kv_per_head": "actqkv: select blocks per KV head (true/false; default false: per head finds more needle "
                    "blocks but the demo model answered fewer passkeys, 0.54 vs 0.62)",
     "kv_tau": "actqkv: softmax temperature of the information-density entropy",
@@ -42,9 +44,8 @@ _HELP = {
                               "default: 512, or more if the default KV settings need more)",
     "mlp_sparsity": "dense | relu | teal:TARGET | cats:TARGET (thresholds from `actserve calibrate`)",
     "mlp_sparse_max_batch": "decode steps with more sequences than this run the MLPs dense",
-    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: on the "
-                              "CPU measured on the model's MLP shape at first use; 0.1 on CUDA, where the Triton "
-                              "gathers measured 1.6-3x slower than dense at 0.5)",
+    "mlp_sparse_max_density": "union density of active rows above which dense kernels are used (default: "
+                              "measured on the model's MLP shape and device at first use)",
 }
 
 

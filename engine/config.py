@@ -39,6 +39,7 @@ class EngineConfig:
     kv_positions: str = "original"            # original | bounded | compressed (engine.kv.retrieval_attention)
     kv_window: int = 256                      # prefill query tokens per retrieval
     kv_repr_topk: int = 8                     # keys averaged into a block representative (measured: RESULTS.md)
+    kv_repr_count: int = 8                    # representatives per block (one per run of tokens; measured)
     kv_per_head: bool = False                 # actqkv: select blocks per KV head (measured: bench/RESULTS.md)
     kv_tau: float = 0.1                       # actqkv: temperature of the density entropy
     kv_cutoff: str = "entropy"                # actqkv: entropy | top_p

@@ -162,3 +162,15 @@ def test_copy_rows_repeat_a_random_run_and_weigh_only_the_knowable_repeat():
         assert [i for i, x in enumerate(w) if x > 0] == list(range(n + 2, 2 * n + 1))
         runs.add(n)
     assert len(runs) > 1   # the run's length varies
+
+
+def test_digit_copy_rows_repeat_runs_of_digits_only():
+    from engine.demo.tokenizer import train_tokenizer
+    from engine.demo.batches import DIGITS_MAX_RUN, Batcher, parse_mix
+    tok = train_tokenizer(512, samples=20)
+    digits = {tok.convert_tokens_to_ids(str(d)) for d in range(10)}
+    ids, weights, answers, tasks = Batcher(tok, 0, parse_mix("copy_digits=1")).batch(1024, 8000)
+    assert set(tasks) == {"copy_digits"} and not answers.any()
+    for row in ids.tolist():
+        n = (len(row) - row.count(tok.eos_token_id) - 1) // 2
+        assert set(row[1:n + 1]) <= digits and row[n + 1:2 * n + 1] == row[1:n + 1] and 8 <= n <= DIGITS_MAX_RUN

@@ -139,13 +139,50 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     torch.manual_seed(0)
     q, reprs = torch.randn(1, 8, 16), torch.randn(30, 2, 16)   # 8 query heads over 2 KV heads
     state = SequenceKVState(KVConfig(policy="actqkv", per_head=per_head), 1, q.device)
-    got = actqkv_scores(q, reprs, state, 0)
+    got = actqkv_scores(q, reprs[:, None], state, 0)             # one representative per block
     expanded = reprs.repeat_interleave(4, dim=1)                 # [N, 8, 16]: each KV head's repr for its heads
     if per_head:
         expected = F.cosine_similarity(expanded.view(30, 2, 64), q[0].reshape(2, 64)[None], dim=-1)
     else:
         expected = F.cosine_similarity(expanded.flatten(1), q[0].flatten()[None], dim=-1)
     assert (got - expected).abs().max() < 1e-5
+
+
+def test_a_block_scores_as_its_best_representative():
+    from engine.kv.policies import actqkv_scores, infllm_scores
+    torch.manual_seed(0)
+    q, reprs = torch.randn(3, 8, 16), torch.randn(30, 4, 2, 16)   # 4 representatives per block
+    state = lambda: SequenceKVState(KVConfig(policy="actqkv", warmup=10**6), 1, q.device)
+    each = torch.stack([actqkv_scores(q, reprs[:, r:r + 1], state(), 0) for r in range(4)], 1)
+    assert torch.allclose(actqkv_scores(q, reprs, state(), 0), each.amax(1))
+    each = torch.stack([infllm_scores(q, reprs[:, r:r + 1]) for r in range(4)], 1)
+    assert torch.allclose(infllm_scores(q, reprs), each.amax(1))
+
+
+def test_representatives_average_the_most_attended_keys_of_each_run_of_the_block():
+    from engine.kv.summaries import SequenceSummaries
+    from engine.layers.rotary import unrotate_range
+    torch.manual_seed(0)
+    keys = torch.randn(2, 8, 1, 16)                                # 2 blocks of 8 tokens, 1 KV head
+    received = torch.rand(2, 8, 1)
+    summaries = SequenceSummaries(1)
+    rotary = RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 64)
+    summaries.summarize(0, keys, 0, received, rotary, repr_topk=2, repr_count=2)
+    reprs = summaries.get("repr", 0, 0, 2)
+    assert reprs.shape == (2, 2, 1, 16)
+    pre = unrotate_range(keys.flatten(0, 1), 0, rotary).view(2, 2, 4, 1, 16)   # blocks, runs, tokens, head, dim
+    for b in range(2):
+        for run in range(2):
+            top = received[b, 4 * run:4 * run + 4, 0].topk(2).indices
+            assert torch.allclose(reprs[b, run, 0], pre[b, run, top, 0].mean(0), atol=1e-6)
+
+
+def test_representatives_split_the_block_evenly():
+    from engine.sampling_params import SamplingParamsError
+    assert [KVConfig(repr_count=8).representatives(bs) for bs in (32, 16, 12, 2)] == [8, 8, 4, 2]
+    assert KVConfig(repr_count=3).representatives(32) == 1
+    with pytest.raises(SamplingParamsError, match="kv_repr_count"):
+        KVConfig(policy="actqkv", repr_count=0).validate(32)
 
 
 def test_window_longer_than_local_region_is_rejected():
@@ -164,13 +201,13 @@ def test_question_without_actqkv_is_rejected():
 def test_question_term_adds_weighted_cosine_while_prefilling_only():
     from engine.kv.policies import actqkv_scores
     torch.manual_seed(0)
-    reprs, question = torch.randn(30, 2, 16), torch.randn(8, 16)
+    reprs, question = torch.randn(30, 1, 2, 16), torch.randn(8, 16)
     window, single = torch.randn(5, 8, 16), torch.randn(1, 8, 16)
     plain = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, per_head=False), 1, reprs.device)
     asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0, per_head=False), 1,
                             reprs.device)
     asked.question = [question]
-    term = F.cosine_similarity(reprs.repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
+    term = F.cosine_similarity(reprs[:, 0].repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
     gain = actqkv_scores(window, reprs, asked, 0, prefilling=True) - actqkv_scores(window, reprs, plain, 0, True)
     assert (gain - 4 * term).abs().max() < 1e-5
     one = actqkv_scores(single, reprs, asked, 0, prefilling=True) - actqkv_scores(single, reprs, plain, 0, True)

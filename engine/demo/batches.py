@@ -15,7 +15,9 @@ FOLLOWUPS = {"multikey": 4, "kv_retrieval": 4}  # extra questions per haystack: 
 FILLER_WEIGHT = 0.05  # per filler token, so that language modelling does not drown the few answer tokens
 REPEAT_WEIGHT = 0.3   # per token of a repeat (dense copying signal: induction heads form sooner)
 COPY_TASK = "copy"    # random token ids, then the same again: the purest copy signal (not in the default mix)
-COPIED_TASKS = ("repeat", COPY_TASK)   # rows scored on every copied token, not on answers
+DIGITS_TASK = "copy_digits"   # the same with digits only: no one previous token tells where the copy is
+DIGITS_MAX_RUN = 128
+COPIED_TASKS = ("repeat", COPY_TASK, DIGITS_TASK)   # rows scored on every copied token, not on answers
 GENERATORS = {"multikey": multikey, "passkey": passkey, "kv_retrieval": kv_retrieval, "facts": facts}
 
 
@@ -26,7 +28,7 @@ def copy_row(bos: int, run: list[int], weight: float) -> tuple[list[int], list[f
 
 def parse_mix(text: str) -> list[tuple[str, float]]:
     """'passkey=0.5,filler=0.5' -> [("passkey", 0.5), ("filler", 0.5)]: the tasks of a batch and their weights."""
-    known = [t for t, _ in TASK_MIX] + [COPY_TASK]
+    known = [t for t, _ in TASK_MIX] + [COPY_TASK, DIGITS_TASK]
     mix = []
     for part in filter(None, text.split(",")):
         task, _, weight = part.partition("=")
@@ -68,6 +70,9 @@ class Batcher:
             return task, ids, [FILLER_WEIGHT] * len(ids), [False] * len(ids)
         if task == COPY_TASK:
             return task, *self._copy_row(length)
+        if task == DIGITS_TASK:
+            digits = [self.tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+            return task, *self._copy_row(min(length, 2 * DIGITS_MAX_RUN), digits)
         if task == "repeat":
             first, again = repeated_text(self.rng, length, self.count)
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
@@ -87,17 +92,19 @@ class Batcher:
         is_answer.append(True)
         return task, ids, [float(a) for a in is_answer], is_answer
 
-    def _copy_row(self, length: int):
-        """A `copy_row` of a run of 8 to length/2 random tokens of task text. The run's length varies, so no
-        fixed offset finds the copy: only matching content does (bench/copy_formation.py)."""
-        if self._copy_pool is None:   # the tokens of task text: what the tasks need copied (digits, words)
+    def _copy_row(self, length: int, pool: list[int] | None = None):
+        """A `copy_row` of a run of 8 to length/2 random tokens of `pool` (default: the tokens of task text). The
+        run's length varies, so no fixed offset finds the copy: only matching content does
+        (bench/copy_formation.py). Runs of the ten digits repeat every token, so only a longer match finds the
+        next one, as in copying a number among numbers (multikey)."""
+        if pool is None and self._copy_pool is None:   # the tokens of task text: what the tasks need copied (digits, words)
             rng = random.Random(0)
             text = [filler_text(rng, 2000, self.count), multikey(rng, 2000, 0.5, self.count).prompt,
                     kv_retrieval(rng, 1000, 0.5, self.count).prompt, " ".join(map(str, range(1000)))]
             specials = set(self.tok.all_special_ids)
             self._copy_pool = sorted({i for t in text for i in self.tok.encode(t, add_special_tokens=False)}
                                      - specials)
-        run = self.rng.choices(self._copy_pool, k=self.rng.randint(8, max(8, length // 2)))
+        run = self.rng.choices(pool or self._copy_pool, k=self.rng.randint(8, max(8, length // 2)))
         ids, weights = copy_row(self.tok.bos_token_id, run, REPEAT_WEIGHT)
         return ids, weights, [False] * len(ids)
 

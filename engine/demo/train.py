@@ -13,7 +13,9 @@ maximum and the maximum. Tasks named in `--own-curriculum` keep their own, lower
 exact-answer rate, so that a task the model has not learned yet (multi-key needles) stays at lengths where it can
 be learned while the others move on. `copy` rows (random tokens of task text, then the same again; not in the
 default mix) teach in-context copying on its own: a new model trained first with `--mix copy=1 --stage 0`, then on
-the tasks, finds pass keys by their content (bench/RESULTS.md, session 12).
+the tasks, finds pass keys by their content (bench/RESULTS.md, session 12). `copy_digits` rows (runs of digits, then
+the same again) teach copying where one previous token does not tell what comes next, as in copying one number
+among many (multi-key needles; session 13).
 """
 import argparse
 import json
@@ -125,12 +127,14 @@ def init_weights(model: torch.nn.Module, std: float = 0.02, scaled_residual: boo
             torch.nn.init.normal_(module.weight, std=std * ((2 * layers) ** -0.5 if scaled else 1.0))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW; the memory layers' value tables learn 4x faster, without weight decay (each group's `lr_scale`)."""
+def make_optimizer(model: torch.nn.Module, lr: float, fused: bool = False,
+                   value_lr_scale: float = 4.0) -> torch.optim.AdamW:
+    """AdamW; the memory layers' value tables learn `value_lr_scale` times faster (UltraMemV2: 4), without weight
+    decay (each group's `lr_scale`)."""
     values = [p for n, p in model.named_parameters() if "values" in n]
     others = [p for n, p in model.named_parameters() if "values" not in n]
     return torch.optim.AdamW([{"params": others, "lr_scale": 1.0},
-                              {"params": values, "lr_scale": 4.0, "weight_decay": 0.0}],
+                              {"params": values, "lr_scale": value_lr_scale, "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused or None)
 
 
@@ -151,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--value-lr-scale", type=float, default=4.0,
+                        help="the memory layers' value and pre-value tables learn this many times faster")
     parser.add_argument("--rope-theta", type=float, default=10000.0,
                         help="RoPE base of a new model (1e36: only the first rotary pairs are positional, NoPE-like)")
     parser.add_argument("--scaled-residual-init", action="store_true",
@@ -222,7 +228,7 @@ def main(argv=None):
     model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
     init_weights(model, scaled_residual=args.scaled_residual_init)
     model.to(args.device)
-    optimizer = make_optimizer(model, args.lr, fused=on_cuda)
+    optimizer = make_optimizer(model, args.lr, fused=on_cuda, value_lr_scale=args.value_lr_scale)
     command = " ".join(["python -m engine.demo.train"] + sys.argv[1:])
     record = {"command": command, "seed": args.seed,
               "parameters": sum(p.numel() for p in model.parameters()), "elapsed_s": 0.0, "step": 0, "stage": 0,
@@ -232,6 +238,7 @@ def main(argv=None):
         saved = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        optimizer.param_groups[1]["lr_scale"] = args.value_lr_scale   # this run's, not the saved one
         record = saved["record"]
         batcher.rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])

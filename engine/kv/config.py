@@ -1,4 +1,5 @@
 """Per-request KV retrieval settings: the policy, its token budget and the ActQKV knobs."""
+import math
 from dataclasses import dataclass
 
 from engine.sampling_params import SamplingParamsError
@@ -17,6 +18,7 @@ class KVConfig:
     #                               compressed: they sit side by side, in order, just before local
     window: int = 256             # prefill query tokens per retrieval
     repr_topk: int = 8            # keys averaged into a block's representative (most attended in the local window)
+    repr_count: int = 8           # representatives per block, one per run of tokens (gcd with the block size)
     per_head: bool = False        # actqkv: select per KV head (finds more needles, answers fewer: bench/RESULTS.md)
     tau: float = 0.1              # actqkv: softmax temperature of the information-density entropy
     cutoff: str = "entropy"       # actqkv: entropy | top_p
@@ -37,6 +39,8 @@ class KVConfig:
         check(self.budget >= self.sink_tokens(block_size) + self.local + block_size, "kv_budget",
               f"kv_budget must leave room for one block beyond sink and local "
               f"(at least {self.sink_tokens(block_size) + self.local + block_size}).")
+        check(self.repr_topk >= 1 and self.repr_count >= 1, "kv_repr_count",
+              "kv_repr_topk and kv_repr_count must be positive.")
         check(1 <= self.window <= self.local, "kv_window",
               "kv_window must be positive and at most kv_local (a window's own keys are local).")
         check(not self.question_ids or self.policy == "actqkv", "kv_question",
@@ -44,6 +48,10 @@ class KVConfig:
         check(self.question_weight >= 0, "kv_question_weight", "kv_question_weight must be non-negative.")
         check(self.cutoff in ("entropy", "top_p") and self.tau > 0 and 0 < self.top_p <= 1, "kv_cutoff",
               "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")
+
+    def representatives(self, block_size: int) -> int:
+        """Representatives per block: repr_count, or the largest divisor of the block size below it."""
+        return math.gcd(self.repr_count, block_size)
 
     def sink_tokens(self, block_size: int) -> int:
         """Sink tokens rounded up to whole blocks."""

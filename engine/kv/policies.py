@@ -9,10 +9,11 @@ from engine.kv.state import SequenceKVState
 
 
 def infllm_scores(q_global: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
-    """Probe = mean query of the window; score = Σ_heads probe_h · repr_{kv(h)}. q [w, H, D], reprs [N, Hkv, D]."""
+    """Probe = mean query of the window; score = max over a block's representatives of Σ_heads probe_h · repr_{kv(h)}.
+    q [w, H, D], reprs [N, R, Hkv, D]."""
     probe = q_global.float().mean(0)
-    kv_heads = reprs.shape[1]
-    return torch.einsum("kgd,nkd->n", probe.view(kv_heads, -1, probe.shape[-1]), reprs)
+    kv_heads = reprs.shape[2]
+    return torch.einsum("kgd,nrkd->nr", probe.view(kv_heads, -1, probe.shape[-1]), reprs).amax(1)
 
 
 def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
@@ -26,11 +27,11 @@ def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> tor
 
 def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int,
                   prefilling: bool = False, reprs_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine between the activation-bias-weighted probe and each block's representative (heads concatenated);
-    with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling.
-    `reprs_sq` [N, Hkv]: the representatives' squared norms, if the caller keeps them."""
+    """Cosine between the activation-bias-weighted probe and each block's best representative (heads concatenated;
+    reprs [N, R, Hkv, D]); with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term
+    while prefilling. `reprs_sq` [N, R, Hkv]: the representatives' squared norms, if the caller keeps them."""
     w, heads, dim = q_global.shape
-    kv_heads = reprs.shape[1]
+    kv_heads = reprs.shape[2]
     weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
     group = heads // kv_heads
     probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
@@ -44,17 +45,17 @@ def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKV
 
 
 def _cosine(probe: torch.Tensor, reprs: torch.Tensor, reprs_sq: torch.Tensor, per_head: bool) -> torch.Tensor:
-    """Cosine between probe [Hkv, g, D] (heads concatenated) and each representative [N, Hkv, D] repeated over its
-    query-head group, without materialising the repeat: <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv> and
-    |rep(r)|² = g·Σ_kv |r_kv|². One score per block [N], or per KV head [N, Hkv]."""
+    """Cosine between probe [Hkv, g, D] (heads concatenated) and each representative [N, R, Hkv, D] repeated over
+    its query-head group, without materialising the repeat: <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv> and
+    |rep(r)|² = g·Σ_kv |r_kv|²; the best of a block's R. One score per block [N], or per KV head [N, Hkv]."""
     probe, reprs = probe.float(), reprs.float()
     group = probe.shape[1]
-    dots = torch.einsum("kd,nkd->nk", probe.sum(1), reprs)                   # [N, Hkv]
-    rep_sq = reprs_sq * group                                                # [N, Hkv]
+    dots = torch.einsum("kd,nrkd->nrk", probe.sum(1), reprs)                 # [N, R, Hkv]
+    rep_sq = reprs_sq * group                                                # [N, R, Hkv]
     probe_sq = probe.pow(2).sum(dim=(1, 2))                                  # [Hkv]
     if per_head:
-        return dots / (rep_sq.sqrt() * probe_sq.sqrt()).clamp(min=1e-8)
-    return dots.sum(1) / (rep_sq.sum(1).sqrt() * probe_sq.sum().sqrt()).clamp(min=1e-8)
+        return (dots / (rep_sq.sqrt() * probe_sq.sqrt()).clamp(min=1e-8)).amax(1)
+    return (dots.sum(2) / (rep_sq.sum(2).sqrt() * probe_sq.sum().sqrt()).clamp(min=1e-8)).amax(1)
 
 
 def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState, layer: int,

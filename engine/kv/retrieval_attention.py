@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kv import policies
+from engine.kv.config import KVConfig
 from engine.kv.state import SequenceKVState
 from engine.kv.tile_cache import TileCache
 from engine.kv.tiers import DeviceBlockCache
@@ -82,7 +83,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         local_start = max(sink_end, (b - cfg.local) // bs * bs)
         if cfg.policy == "full" or local_start <= sink_end:
             local_start = 0  # every key is local: exact causal attention
-        _finalize(item, layer, ctx, k_flat, local_start // bs, cfg.repr_topk, tier)
+        _finalize(item, layer, ctx, k_flat, local_start // bs, cfg, tier)
         positions = torch.arange(a, b, device=q.device)
         qw = q[rows]
         global_blocks, block_keep = positions[:0], None   # logical blocks: [nb] shared, [Hkv, nb] per head
@@ -306,7 +307,7 @@ def _record_received(q_heads, keys_local, local_start, positions, lse, local_slo
     ctx.received[layer].index_add_(0, local_slots, probs.sum(1).T)
 
 
-def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, repr_topk: int,
+def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, upto: int, cfg: KVConfig,
               tier: DeviceBlockCache | None = None):
     """Summarise the sequence's blocks that have left the local region (logical blocks below `upto`)."""
     done = item.state.finalized[layer]
@@ -319,5 +320,5 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
     received = ctx.received[layer].view(-1, bs, keys.shape[2])[physical]
-    item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, repr_topk)
+    item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, cfg.repr_topk, cfg.representatives(bs))
     item.state.finalized[layer] = upto

@@ -3,8 +3,10 @@
 - `received_attention` (one per KV pool): per cached token and KV head, the attention it has received from
   local-window queries so far.
 - `SequenceSummaries` (one per request), per layer and logical block, appended as blocks leave the local window:
-  - `repr`: the representative key (pre-RoPE): per KV head, the mean of the `repr_topk` keys of the block that
-    received the most attention while they were in the local window (InfLLM / ActQKV); `repr_sq`: its squared norm;
+  - `repr` [blocks, R, Hkv, D]: the representative keys (pre-RoPE): the block is cut into `repr_count` (R) runs of
+    tokens, and each run's representative is, per KV head, the mean of its `repr_topk` keys that received the most
+    attention while they were in the local window (InfLLM / ActQKV; R = 1: one per block); `repr_sq`: their
+    squared norms [blocks, R, Hkv]. A block scores as its best representative;
   - `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
   Kept in logical order, a step reads its candidate blocks as one slice rather than gathering them by physical id.
 """
@@ -28,13 +30,14 @@ class SequenceSummaries:
         return self.fields[layer][name][first:last]
 
     def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
-                  rotary: RotaryEmbedding, repr_topk: int):
+                  rotary: RotaryEmbedding, repr_topk: int, repr_count: int = 1):
         """Append the summaries of the next blocks of `layer`: their cached (post-RoPE) keys [nb, bs, Hkv, D], the
         attention their tokens received [nb, bs, Hkv], their first token's position."""
-        nb, bs = keys.shape[:2]
-        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary).view_as(keys)
-        top = received.topk(min(repr_topk, bs), dim=1).indices                              # [nb, r, Hkv]
-        reprs = pre.gather(1, top[..., None].expand(-1, -1, -1, keys.shape[-1])).mean(1)
+        nb, bs, kv_heads, dim = keys.shape
+        run = bs // repr_count
+        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary).view(nb, repr_count, run, kv_heads, dim)
+        top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices   # [nb, R, r, Hkv]
+        reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                      # [nb, R, Hkv, D]
         self._append(layer, repr=reprs, repr_sq=reprs.pow(2).sum(-1), kmin=keys.float().amin(1),
                      kmax=keys.float().amax(1))
 
