@@ -12,12 +12,12 @@
 # 10-11). With 75% of the haystacks varied, the passkey curriculum (--advance-on passkey) can only move on once the
 # key is copied by content. The runs:
 #   bundle   the bundle, back at rows of up to 256 tokens (--stage 1)
-#   copyfirst  session 12's CPU model (bench/models/copy_first: copy-only steps first, then 55 CPU minutes of the
-#            mix; it finds the key by content, but its memory layers do nothing yet and multikey stayed at 128
-#            tokens), resumed with more facts and multikey rows
+#   copydigits  session 13's CPU model (bench/models/copy_digits: session 12's copy_first, then 117 CPU minutes
+#            with `copy_digits` rows; it copies numbers among numbers and has begun multikey, but its memory layers
+#            do nothing yet), resumed with multikey and kv_retrieval rows, its main curriculum up to 2,048 tokens
 #   copy     a new model that first learns to copy only (`copy` rows: random tokens, then the same again; stage 0,
-#            COPY_STEPS steps), then the mix with 30% copy rows kept (session 12: on the CPU, mixing in the tasks
-#            before the copy accuracy passed ~0.5 undid the copy circuit)
+#            COPY_STEPS steps), then the mix with 30% copy and digit-copy rows kept (session 12: on the CPU, mixing
+#            in the tasks before the copy accuracy passed ~0.5 undid the copy circuit)
 # At the demo's shape a new model learns pure repeats within a few hundred steps (bench/copy_formation.py), so the
 # bundle's missing copy circuit is put down to its data: hence `copy` and the varied haystacks. Session 12 saw the
 # bundle itself barely move on copy-only rows (0.02 copied after 400 steps, where a new model passed 0.15).
@@ -33,7 +33,7 @@ set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 MODE=${MODE:-first}
 TRAIN_S=${TRAIN_S:-480}              # each training run's seconds
-RUNS=${RUNS:-bundle copyfirst copy}  # runs side by side (above); `bundle` resumes the bundled model, others start anew
+RUNS=${RUNS:-bundle copydigits copy}  # runs side by side (above); `bundle` resumes the bundled model, others start anew
 WORKERS=${WORKERS:-4}                # data workers per run (16 cores; one worker makes > 120 k tokens/s)
 BATCH_SCALE=${BATCH_SCALE:-2}
 MIX=${MIX:-passkey=0.35,multikey=0.25,repeat=0.15,facts=0.1,filler=0.1,kv_retrieval=0.05}
@@ -50,12 +50,12 @@ for run in $RUNS; do
         rm -rf /tmp/runs/$run
         mkdir /tmp/runs/$run
         [ $run = bundle ] && cp engine/demo/model/* /tmp/runs/$run && extra="--stage 1"
-        [ $run = copyfirst ] && cp bench/models/copy_first/* /tmp/runs/$run
+        [ $run = copydigits ] && cp bench/models/copy_digits/* /tmp/runs/$run && extra="--stage 3"
     fi
     mix=$MIX seconds=$TRAIN_S
-    [ $run = copyfirst ] && mix=copy=0.1,passkey=0.2,multikey=0.3,facts=0.25,filler=0.1,kv_retrieval=0.05
+    [ $run = copydigits ] && mix=multikey=0.4,copy_digits=0.1,passkey=0.15,facts=0.1,kv_retrieval=0.15,filler=0.05,copy=0.05
     if [ $run = copy ]; then
-        mix=copy=0.3,passkey=0.25,multikey=0.2,facts=0.1,filler=0.05,kv_retrieval=0.1
+        mix=copy=0.15,copy_digits=0.15,passkey=0.25,multikey=0.2,facts=0.1,filler=0.05,kv_retrieval=0.1
         [ "$MODE" = first ] && seconds=$((TRAIN_S - COPY_S))
         cp -n engine/demo/model/{tokenizer.json,tokenizer_config.json,chat_template.jinja,config.json} /tmp/runs/copy
     fi

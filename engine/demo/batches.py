@@ -97,7 +97,7 @@ class Batcher:
         run's length varies, so no fixed offset finds the copy: only matching content does
         (bench/copy_formation.py). Runs of the ten digits repeat every token, so only a longer match finds the
         next one, as in copying a number among numbers (multikey)."""
-        if pool is None and self._copy_pool is None:   # the tokens of task text: what the tasks need copied (digits, words)
+        if pool is None and self._copy_pool is None:   # task text's tokens: what the tasks copy (digits, words)
             rng = random.Random(0)
             text = [filler_text(rng, 2000, self.count), multikey(rng, 2000, 0.5, self.count).prompt,
                     kv_retrieval(rng, 1000, 0.5, self.count).prompt, " ".join(map(str, range(1000)))]

@@ -35,7 +35,8 @@ class SequenceSummaries:
         attention their tokens received [nb, bs, Hkv], their first token's position."""
         nb, bs, kv_heads, dim = keys.shape
         run = bs // repr_count
-        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary).view(nb, repr_count, run, kv_heads, dim)
+        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
+        pre = pre.view(nb, repr_count, run, kv_heads, dim)
         top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices   # [nb, R, r, Hkv]
         reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                      # [nb, R, Hkv, D]
         self._append(layer, repr=reprs, repr_sq=reprs.pow(2).sum(-1), kmin=keys.float().amin(1),
