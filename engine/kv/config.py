@@ -50,7 +50,7 @@ class KVConfig:
               "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")
 
     def representatives(self, block_size: int) -> int:
-        """Representatives per block: repr_count, or the largest divisor of the block size below it."""
+        """Representatives per block: the gcd of repr_count and the block size (repr_count when it divides it)."""
         return math.gcd(self.repr_count, block_size)
 
     def sink_tokens(self, block_size: int) -> int:
