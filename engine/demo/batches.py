@@ -59,6 +59,7 @@ class Batcher:
         self.variety = variety
         self.count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
         self._copy_pool = None   # the token ids of `copy` rows
+        self._digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]   # of `copy_digits` rows
 
     def sample(self, length: int, caps: dict[str, int] | None = None):
         task = self.rng.choices([t for t, _ in self.mix], [w for _, w in self.mix])[0]
@@ -71,8 +72,7 @@ class Batcher:
         if task == COPY_TASK:
             return task, *self._copy_row(length)
         if task == DIGITS_TASK:
-            digits = [self.tok.convert_tokens_to_ids(str(d)) for d in range(10)]
-            return task, *self._copy_row(min(length, 2 * DIGITS_MAX_RUN), digits)
+            return task, *self._copy_row(min(length, 2 * DIGITS_MAX_RUN), self._digits)
         if task == "repeat":
             first, again = repeated_text(self.rng, length, self.count)
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)

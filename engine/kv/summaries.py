@@ -30,7 +30,7 @@ class SequenceSummaries:
         return self.fields[layer][name][first:last]
 
     def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
-                  rotary: RotaryEmbedding, repr_topk: int, repr_count: int = 1):
+                  rotary: RotaryEmbedding, repr_topk: int, repr_count: int):
         """Append the summaries of the next blocks of `layer`: their cached (post-RoPE) keys [nb, bs, Hkv, D], the
         attention their tokens received [nb, bs, Hkv], their first token's position."""
         nb, bs, kv_heads, dim = keys.shape
