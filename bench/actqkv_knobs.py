@@ -75,7 +75,7 @@ def main(argv=None):
                   **({name: value} if value is not None else {})}
             if name == "top_p":
                 kv["cutoff"] = "top_p"   # top_p acts only with that cut-off
-            acc, _, recall, scores = accuracy(llm, samples, kv, 4, bar)
+            acc, _, recall, scores, _ = accuracy(llm, samples, kv, 4, bar)
             rows.append({"policy": policy, "knob": name, "value": value, "accuracy": acc,
                          "mean_recall": sum(recall) / len(recall) if recall else None, "recall_by_layer": recall,
                          "scores": scores})

@@ -4,21 +4,23 @@
         --budgets 1024 --samples 50 --json bench/results/longctx.json --plot bench/results/longctx.png
 
 Fresh random instances (seeded by --seed, disjoint from the training seed) with needle depths spread evenly over
-five buckets, greedy decoding through the engine. Per (task, length, policy, budget): accuracy (and by depth
-bucket), batch-1 prefill seconds and decode ms/token on one instance, and the KV bytes resident per request.
+five buckets, greedy decoding through the engine. Per (task, length, policy, budget): accuracy (also by depth
+bucket), the wrong number answers by kind (another number of the prompt, one not in it, none), batch-1 prefill
+seconds and decode ms/token on one instance, and the KV bytes resident per request.
 `full` ignores the budget. --long adds 64k to the default lengths. The policy `actqkv+question` is ActQKV with
 the task's question given (its question term).
 """
 import argparse
 import random
+import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from tqdm import tqdm
 
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
-from engine.demo.tasks import GENERATORS, score
+from engine.demo.tasks import GENERATORS, first_int, score
 
 BUCKETS = 5
 
@@ -46,11 +48,24 @@ def request_kv(kv: dict, sample, trace: bool = True) -> dict:
     return {**kv, "trace": trace}
 
 
-def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list, list]:
+def wrong_answer(sample, output: str) -> str | None:
+    """Why a number answer (passkey, multikey) is wrong: `in_prompt` (another number of the context, e.g. a
+    distractor's value), `not_in_prompt` (made up or mixed from several) or `no_number`; None if right or not a
+    number task."""
+    if sample.task not in ("passkey", "multikey") or score(sample, output):
+        return None
+    answer = first_int(output)
+    if answer is None:
+        return "no_number"
+    return "in_prompt" if re.search(rf"(?<!\d){answer}(?!\d)", sample.prompt) else "not_in_prompt"
+
+
+def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list, list, dict]:
     """Accuracy, accuracy by depth bucket, needle-block recall per layer at the question (the last prefill
-    window: did that layer attend the block holding the answer?), and each sample's score (for paired tests)."""
+    window: did that layer attend the block holding the answer?), each sample's score (for paired tests) and the
+    count of wrong number answers by kind (`wrong_answer`)."""
     engine, tok = llm.engine, llm.get_tokenizer()
-    by_id, hits = {}, []
+    by_id, hits, wrong = {}, [], Counter()
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         requests = {f"acc-{start + i}": (s, engine.add_request(f"acc-{start + i}", s.prompt, SamplingParams(
@@ -70,7 +85,9 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
                                  for layer in range(len(state.last_attended))])
             for out in outputs:
                 if out.finished:
-                    by_id[out.request_id] = score(requests[out.request_id][0], out.outputs[0].text)
+                    sample, text = requests[out.request_id][0], out.outputs[0].text
+                    by_id[out.request_id] = score(sample, text)
+                    wrong.update(filter(None, [wrong_answer(sample, text)]))
                     bar.update(1)
     scores = [by_id[f"acc-{i}"] for i in range(len(samples))]
     buckets = defaultdict(list)
@@ -78,7 +95,7 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
         buckets[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
     recall = [sum(h[layer] for h in hits) / len(hits) for layer in range(len(hits[0]))] if hits else []
     by_depth = [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
-    return sum(scores) / len(scores), by_depth, recall, scores
+    return sum(scores) / len(scores), by_depth, recall, scores, dict(wrong)
 
 
 def timing(llm: LLM, prompt: str, kv: dict, tokens: int = 16) -> tuple[float, float]:
@@ -123,6 +140,12 @@ def plot(rows: list[dict], path: str):
     fig.savefig(path, dpi=110)
 
 
+def wrong_cells(row: dict) -> str:
+    if row["task"] not in ("passkey", "multikey") or row["accuracy"] is None:
+        return "–"
+    return " / ".join(str(row["wrong_answers"].get(k, 0)) for k in ("in_prompt", "not_in_prompt", "no_number"))
+
+
 def _group(rows):
     groups = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["context_len"]):
@@ -164,20 +187,20 @@ def main(argv=None):
                 samples = make_samples(tok, task, length, args.samples, args.seed)
                 for policy, budget in runs:
                     kv = {"policy": policy, "budget": budget, "positions": args.positions}
-                    acc, by_depth, recall, scores = (None, [], [], []) if args.speed_only else \
+                    acc, by_depth, recall, scores, wrong = (None, [], [], [], {}) if args.speed_only else \
                         accuracy(llm, samples, kv, args.batch, bar)
                     row = {"task": task, "context_len": length, "policy": policy,
                            "budget": None if policy == "full" else budget, "positions": args.positions,
                            "accuracy": acc, "n": 0 if args.speed_only else len(samples), "by_depth": by_depth,
-                           "needle_recall_by_layer": recall, "scores": scores,
+                           "needle_recall_by_layer": recall, "scores": scores, "wrong_answers": wrong,
                            "kv_resident_bytes": resident_kv_bytes(llm, len(tok.encode(samples[0].prompt)))}
                     row["prefill_s"], row["decode_ms_per_token"] = (None, None) if args.no_timing else \
                         timing(llm, samples[0].prompt, request_kv(kv, samples[0], trace=False))
                     rows.append(row)
                     bar.update(args.samples if args.speed_only else 0)
     print("| task | context | policy | budget | accuracy | by depth (0-20% … 80-100%) | needle recall by layer | "
-          "prefill s | decode ms/tok |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "wrong: in prompt / not / no number | prefill s | decode ms/tok |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         depths = ", ".join("–" if d is None else f"{d:.2f}" for d in r["by_depth"])
         timing_cells = ("– | –" if r["prefill_s"] is None
@@ -185,7 +208,7 @@ def main(argv=None):
         recall = ", ".join(f"{x:.2f}" for x in r["needle_recall_by_layer"]) or "–"
         print(f"| {r['task']} | {r['context_len']} | {r['policy']} | {r['budget'] or '–'} | "
               f"{'–' if r['accuracy'] is None else format(r['accuracy'], '.3f')} | "
-              f"{depths} | {recall} | {timing_cells} |")
+              f"{depths} | {recall} | {wrong_cells(r)} | {timing_cells} |")
     write_json(args.json, {"machine": machine(), "args": vars(args), "results": rows})
     if args.plot:
         plot(rows, args.plot)
