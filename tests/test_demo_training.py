@@ -59,6 +59,11 @@ def test_seeded_runs_are_identical_and_resume_continues(tmp_path):
     assert c["stage"] == 1 and c["stages"][-1] == {"step": 4, "elapsed_s": c["stages"][-1]["elapsed_s"], "max_len": 128}
     wc = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert any((wa[name] != wc[name]).any() for name in wa)
+    d = train(tmp_path / "a", "--steps", "8", "--resume", "--task-stage", "multikey=1")   # the saved curriculum kept
+    assert d["step"] == 8 and d["task_stage"] == {"multikey": 1}
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        train(tmp_path / "a", "--steps", "9", "--resume", "--task-stage", "passkey=1")   # not on its own curriculum
+    assert b"--task-stage" in failed.value.stderr
 
 
 def test_bounded_position_steps_train_another_model(tmp_path):

@@ -180,6 +180,9 @@ def main(argv=None):
     parser.add_argument("--own-curriculum", default="",
                         help="comma-separated tasks (e.g. multikey,kv_retrieval) whose maximum length starts at the "
                              "first stage's and doubles only when their own exact-answer rate passes --advance-at")
+    parser.add_argument("--task-stage", default="",
+                        help="set tasks' own curriculum stages, e.g. multikey=3 (a stage >= the main one: no cap "
+                             "of their own)")
     parser.add_argument("--stage", type=int, default=None,
                         help="start (or resume) the main curriculum at this stage: maximum length "
                              "lengths[stage] (0: the shortest); the tasks on their own curriculum keep theirs")
@@ -266,6 +269,11 @@ def main(argv=None):
         if task not in GENERATORS:
             parser.error(f"--own-curriculum: unknown task {task!r} (one of {', '.join(GENERATORS)})")
         own.setdefault(task, 0)
+    for item in filter(None, args.task_stage.split(",")):
+        task, _, stage = item.partition("=")
+        if task not in own or not stage.isdigit():
+            parser.error(f"--task-stage: {item!r} is not TASK=STAGE for a task on its own curriculum")
+        own[task] = int(stage)
     budget_s = minutes * 60
     block = EngineConfig.block_size   # bounded steps: the engine's default blocks and sinks
     bounded_layout = (args.bounded_local, block, KVConfig().sink_tokens(block))
