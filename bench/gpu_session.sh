@@ -12,9 +12,10 @@
 # 10-11). With 75% of the haystacks varied, the passkey curriculum (--advance-on passkey) can only move on once the
 # key is copied by content. The runs:
 #   bundle   the bundle, back at rows of up to 256 tokens (--stage 1)
-#   copydigits  session 13's CPU model (bench/models/copy_digits: session 12's copy_first, then 117 CPU minutes
-#            with `copy_digits` rows; it copies numbers among numbers and has begun multikey, but its memory layers
-#            do nothing yet), resumed with multikey and kv_retrieval rows, its main curriculum up to 2,048 tokens
+#   copydigits  the CPU model of sessions 12-14 (bench/models/copy_digits, step 8,873: session 12's copy_first,
+#            then 233 CPU minutes with `copy_digits` and multikey rows; passkey 1.00 at 512-2,048 tokens, multikey
+#            0.60 / 0.48 / 0.03, but its memory layers do nothing yet), resumed with multikey and kv_retrieval rows,
+#            its main curriculum at 2,048 tokens (multikey on its own, at 1,024 until it passes 0.9)
 #   copy     a new model that first learns to copy only (`copy` rows: random tokens, then the same again; stage 0,
 #            COPY_STEPS steps), then the mix with 30% copy and digit-copy rows kept (session 12: on the CPU, mixing
 #            in the tasks before the copy accuracy passed ~0.5 undid the copy circuit)
@@ -50,7 +51,7 @@ for run in $RUNS; do
         rm -rf /tmp/runs/$run
         mkdir /tmp/runs/$run
         [ $run = bundle ] && cp engine/demo/model/* /tmp/runs/$run && extra="--stage 1"
-        [ $run = copydigits ] && cp bench/models/copy_digits/* /tmp/runs/$run && extra="--stage 3"
+        [ $run = copydigits ] && cp bench/models/copy_digits/* /tmp/runs/$run && extra="--stage 4"
     fi
     mix=$MIX seconds=$TRAIN_S
     [ $run = copydigits ] && mix=multikey=0.4,copy_digits=0.1,passkey=0.15,facts=0.1,kv_retrieval=0.15,filler=0.05,copy=0.05
