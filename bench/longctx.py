@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bench.common import machine, write_json
 from engine import LLM, SamplingParams
-from engine.demo.tasks import GENERATORS, first_int, score
+from engine.demo.tasks import GENERATORS, NUMBER_TASKS, first_int, score
 
 BUCKETS = 5
 
@@ -52,7 +52,7 @@ def wrong_answer(sample, output: str) -> str | None:
     """Why a number answer (passkey, multikey) is wrong: `in_prompt` (another number of the context, e.g. a
     distractor's value), `not_in_prompt` (made up or mixed from several) or `no_number`; None if right or not a
     number task."""
-    if sample.task not in ("passkey", "multikey") or score(sample, output):
+    if sample.task not in NUMBER_TASKS or score(sample, output):
         return None
     answer = first_int(output)
     if answer is None:
@@ -141,7 +141,7 @@ def plot(rows: list[dict], path: str):
 
 
 def wrong_cells(row: dict) -> str:
-    if row["task"] not in ("passkey", "multikey") or row["accuracy"] is None:
+    if row["task"] not in NUMBER_TASKS or row["accuracy"] is None:
         return "–"
     return " / ".join(str(row["wrong_answers"].get(k, 0)) for k in ("in_prompt", "not_in_prompt", "no_number"))
 

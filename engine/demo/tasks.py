@@ -263,6 +263,9 @@ GENERATORS = {"passkey": passkey, "multikey": multikey, "kv_retrieval": kv_retri
               "variable_tracking": variable_tracking, "common_words": common_words}
 
 
+NUMBER_TASKS = ("passkey", "multikey")   # answered by one number: the first integer of the output is scored
+
+
 def first_int(text: str) -> str | None:
     m = re.search(r"\d+", text)
     return m.group(0) if m else None
@@ -270,7 +273,7 @@ def first_int(text: str) -> str | None:
 
 def score(sample: TaskSample, output: str) -> float:
     """1.0 for a correct answer, 0.0 for a wrong one; the fraction of references found for list answers."""
-    if sample.task in ("passkey", "multikey"):
+    if sample.task in NUMBER_TASKS:
         return float(first_int(output) == sample.references[0])
     if sample.task == "kv_retrieval":
         words = re.sub(r"[\n:\"'.,?!{}]", " ", output).split()
