@@ -38,6 +38,8 @@ _HELP = {
     "kv_cutoff": "actqkv: entropy | top_p",
     "kv_top_p": "actqkv: softmax mass kept by the top_p cut-off",
     "kv_warmup": "actqkv: query tokens of uniform probe weights before the activation bias",
+    "kv_reselect_every": "decode: score and choose the retrieved blocks every N steps and reuse the choice in "
+                         "between (and whenever a block leaves the local window); 1: every step",
     "kv_offload": "keep the KV pool in host memory (pinned on CUDA) and the blocks a step attends in a device LRU "
                   "cache; retrieval policies only (true/false)",
     "kv_device_cache_blocks": "with --kv-offload: blocks per layer in the device cache (bounds device-resident KV; "

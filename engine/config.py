@@ -46,6 +46,7 @@ class EngineConfig:
     kv_top_p: float = 0.9                     # actqkv: mass kept by the top_p cut-off
     kv_warmup: int = 256                      # actqkv: query tokens before the activation bias weights the probe
     kv_question_weight: float = 4.0           # actqkv: weight of the question term (requests with a kv question)
+    kv_reselect_every: int = 1                # decode: choose blocks every N steps (1: every step; measured)
     kv_offload: bool = False                  # KV pool in host memory, attended blocks in a device LRU cache
     kv_device_cache_blocks: int | None = None # with kv_offload: device cache blocks per layer (None: 512, or what
                                               # the default KV settings need for one window and one step, if more)

@@ -266,10 +266,10 @@ TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_s
                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
-def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
+def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int, after_step=None):
     """retrieval_attention (one layer) of a sequence of n random queries, keys and values in a random block pool
     (block size 16, 4 query heads, 2 KV heads, head_dim 16): the first `prompt` tokens prefilled in one slice,
-    then one token per decode step -> (outputs [n, 4, 16], the sequence's state)."""
+    then one token per decode step (`after_step(state)` after each) -> (outputs [n, 4, 16], the sequence's state)."""
     torch.manual_seed(seed)
     bs, heads, kv_heads, dim = 16, 4, 2, 16
     blocks = torch.randperm(pool)[: -(-n // bs)]
@@ -284,6 +284,8 @@ def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int):
     for t in range(prompt, n):
         out.append(retrieval_attention(q[t:t + 1], k_flat, v_flat, RetrievalSlice(t, 1, t, slots[:t + 1], blocks,
                                                                                   state), 0, ctx, dim ** -0.5))
+        if after_step is not None:
+            after_step(state)
     return torch.cat(out), state
 
 
@@ -379,3 +381,35 @@ def test_compressed_positions_attend_the_kept_keys_side_by_side():
     ref = F.scaled_dot_product_attention(query.transpose(0, 1)[None], keys.transpose(0, 1)[None],
                                          v_flat[slots[kept]].transpose(0, 1)[None], enable_gqa=True)
     assert (out[-1] - ref[0, :, 0]).abs().max() < 1e-5
+
+
+def test_reselect_every_n_reuses_a_decode_selection_until_a_block_leaves_the_local_window():
+    """With reselect_every=4 a decode step chooses blocks afresh (as every step does with 1) only every 4th step, or
+    when the local window has moved past a block (new candidates); the steps in between attend the kept choice."""
+    attended, outputs = {}, {}
+    for every in (1, 4):
+        kv = KVConfig(policy="quest", budget=160, sink=16, local=64, window=32, reselect_every=every, trace=True)
+        seen = []
+        outputs[every], _ = one_sequence(kv, n=430, prompt=399, pool=32, seed=3,
+                                         after_step=lambda state: seen.append(state.last_attended[0]))
+        attended[every] = seen
+    fresh, reused = attended[1], attended[4]
+    assert any(fresh[t][0] != fresh[t - 1][0] for t in range(1, len(fresh)))   # choices move: reuse is visible
+    since = 0
+    for t, ((chosen, _, local), (kept, _, local_kept)) in enumerate(zip(fresh, reused)):
+        assert local == local_kept
+        if t > 0 and local != fresh[t - 1][2]:   # a block left the local window: choose again
+            since = 0
+        if since % 4 == 0:
+            assert kept == chosen
+            assert torch.equal(outputs[1][399 + t], outputs[4][399 + t])
+        else:
+            assert kept == reused[t - 1][0]
+        since += 1
+    assert any(fresh[t][2] != fresh[t - 1][2] for t in range(1, len(fresh)))   # the window moved in this run
+
+
+def test_reselect_every_must_be_positive():
+    from engine.sampling_params import SamplingParamsError
+    with pytest.raises(SamplingParamsError, match="kv_reselect_every"):
+        KVConfig(policy="actqkv", reselect_every=0).validate(32)

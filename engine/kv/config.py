@@ -26,6 +26,7 @@ class KVConfig:
     warmup: int = 256             # actqkv: query tokens of uniform probe weights before the activation bias acts
     question_weight: float = 4.0  # actqkv: λ of the question term while prefilling (requests with a question)
     question_ids: tuple[int, ...] = ()   # actqkv: the request's question, tokenized (from its `question` text)
+    reselect_every: int = 1       # decode: score and choose blocks every N steps, reuse the choice in between
     trace: bool = False           # record which blocks each layer's last query attended (benchmarks: recall)
 
     def validate(self, block_size: int):
@@ -46,6 +47,7 @@ class KVConfig:
         check(not self.question_ids or self.policy == "actqkv", "kv_question",
               "kv_question applies only to kv_policy=actqkv (the other policies have no question term).")
         check(self.question_weight >= 0, "kv_question_weight", "kv_question_weight must be non-negative.")
+        check(self.reselect_every >= 1, "kv_reselect_every", "kv_reselect_every must be at least 1.")
         check(self.cutoff in ("entropy", "top_p") and self.tau > 0 and 0 < self.top_p <= 1, "kv_cutoff",
               "kv_cutoff must be entropy or top_p, with tau > 0 and top_p in (0, 1].")
 

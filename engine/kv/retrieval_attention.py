@@ -91,8 +91,15 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
             q_global = _one_angle(qw, positions, a, b, cfg.local, ctx.rotary)
-            chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K] / [K, Hkv]
-            global_blocks, block_keep = _global_blocks(chosen, first, keep)
+            decoding = item.q_len == 1 and not item.prefilling
+            kept = item.state.reusable_selection(layer, last, decoding)
+            if kept is None:
+                chosen, keep, retrieved = _select(qw, q_global, item, layer, ctx, first, last, mean_k)  # [K]/[K,Hkv]
+                global_blocks, block_keep = _global_blocks(chosen, first, keep)
+                if decoding:
+                    item.state.keep_selection(layer, last, (global_blocks, block_keep, retrieved))
+            else:
+                global_blocks, block_keep, retrieved = kept
         global_slots = global_keep = None
         if tiles is None or block_keep is not None:   # read by slot from the pool (or the device cache)
             global_slots = item.slots[_block_positions(global_blocks, bs)]
