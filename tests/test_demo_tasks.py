@@ -72,6 +72,21 @@ def test_multikey_has_distractors_and_one_answer(count):
     assert f"for {query} is: {s.references[0]}." in s.prompt and len(s.references[0]) == 7
 
 
+def test_multikey_similar_distractors_share_the_answers_digits_in_place(count):
+    """`similar` draws each distractor digit from the answer's, in its place, with that chance; 0 leaves the
+    evaluated prompts as they were."""
+    import re
+    assert GENERATORS["multikey"](random.Random(1), 1024, 0.5, count, similar=0.0) == \
+        GENERATORS["multikey"](random.Random(1), 1024, 0.5, count)
+    for similar, low, high in ((0.0, 0.0, 0.2), (0.6, 0.55, 0.8)):
+        s = GENERATORS["multikey"](random.Random(1), 1024, 0.5, count, similar=similar)
+        answer = s.references[0]
+        others = [v for v in re.findall(r"is: (\d+)\.", s.prompt) if v != answer]
+        assert len(others) > 20 and all(len(v) == 7 and v[0] != "0" for v in others)
+        shared = sum(a == b for v in others for a, b in zip(v, answer)) / (7 * len(others))
+        assert low < shared < high, (similar, shared)   # random digits share 0.1; similar 0.6: 0.6 + 0.4·0.1
+
+
 def test_scorers():
     assert first_int("The answer is 12345, maybe 6") == "12345"
     assert first_int("none") is None

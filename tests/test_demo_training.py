@@ -99,9 +99,9 @@ def test_parallel_batches_are_the_seeded_batches_of_one_process():
     import random
     import torch
     from engine.demo.tokenizer import train_tokenizer
-    from engine.demo.batches import Batcher, ParallelBatcher, PasskeyVariety
+    from engine.demo.batches import Batcher, ParallelBatcher, TaskVariety
     tok = train_tokenizer(512, samples=20)
-    mix, variety = [("passkey", 1.0), ("filler", 1.0)], PasskeyVariety(0.5)
+    mix, variety = [("passkey", 1.0), ("filler", 1.0)], TaskVariety(0.5)
     parallel = ParallelBatcher(tok, seed=5, workers=2, mix=mix, variety=variety)
     try:
         got = [parallel.batch(step, 64, 512) for step in range(3)]

@@ -41,18 +41,20 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
 
 
 @dataclass(frozen=True)
-class PasskeyVariety:
-    """Which passkey haystacks are not in the exact format, and how (engine.demo.tasks.passkey's styles)."""
+class TaskVariety:
+    """How training rows depart from the evaluated formats: which passkey haystacks are varied, and how
+    (engine.demo.tasks.passkey's styles); how alike multikey's values are (engine.demo.tasks.multikey)."""
     fraction: float = 0.0                              # the share of passkey haystacks in a varied style
     styles: tuple[str, ...] = ("drop", "cut", "filler")   # drawn evenly
     drop: float = 0.3                                  # the `drop` style's highest chance to leave out a sentence
+    multikey_similar: float = 0.0                      # chance that a distractor shares each digit of the answer
 
 
 class Batcher:
     """Generates token batches of one length bucket: ids, loss weights, and which positions are answers."""
 
     def __init__(self, tokenizer, seed: int, mix: list[tuple[str, float]] | None = None,
-                 variety: PasskeyVariety = PasskeyVariety()):
+                 variety: TaskVariety = TaskVariety()):
         self.tok = tokenizer
         self.rng = random.Random(seed)
         self.mix = mix or TASK_MIX
@@ -78,6 +80,8 @@ class Batcher:
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
             return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
+        if task == "multikey" and self.variety.multikey_similar > 0:
+            extra["similar"] = self.variety.multikey_similar
         if task == "passkey" and self.variety.fraction > 0 and self.rng.random() < self.variety.fraction:
             extra = {"style": self.rng.choice(self.variety.styles), "drop": self.variety.drop}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)
@@ -129,7 +133,7 @@ class ParallelBatcher:
     curriculum has since left are made again. A run is reproducible whatever the number of workers."""
 
     def __init__(self, tokenizer, seed: int, workers: int, mix: list[tuple[str, float]] | None = None,
-                 variety: PasskeyVariety = PasskeyVariety()):
+                 variety: TaskVariety = TaskVariety()):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         # spawn, not fork: the parent has threads (tqdm, tokenizers) and maybe CUDA

@@ -105,10 +105,20 @@ def _multikey_question(key: str) -> str:
             f"The special magic number for {key} mentioned in the provided text is")
 
 
+def _similar_value(rng: random.Random, value: str, similar: float) -> str:
+    """Another 7-digit number that has each digit of `value`, in its place, with chance `similar`."""
+    while True:
+        other = "".join(d if rng.random() < similar else rng.choice(string.digits) for d in value)
+        if other != value and other[0] != "0":
+            return other
+
+
 def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
-             followups: int = 0) -> TaskSample:
+             followups: int = 0, similar: float = 0.0) -> TaskSample:
     """RULER niah_multikey_2, one query: the haystack is made of needles with other keys. With `followups`, the
-    sample also carries that many questions about other needles (multi-query training)."""
+    sample also carries that many questions about other needles (multi-query training). With `similar` > 0 (for
+    training), the other needles' values share each digit of the answer, in its place, with that chance: no digit
+    and its place alone tells which needle a copy is reading."""
     query = _word_key(rng)
     question = _multikey_question(query)
     value = str(rng.randint(10**6, 10**7 - 1))
@@ -119,7 +129,7 @@ def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountT
         key = _word_key(rng)
         if key in keys:
             continue
-        other = str(rng.randint(10**6, 10**7 - 1))
+        other = _similar_value(rng, value, similar) if similar > 0 else str(rng.randint(10**6, 10**7 - 1))
         needle = f"One of the special magic numbers for {key} is: {other}.\n"
         cost = count_tokens(needle)
         if used + cost > budget:

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from engine.config import EngineConfig
-from engine.demo.batches import COPIED_TASKS, GENERATORS, TASK_MIX, Batcher, ParallelBatcher, PasskeyVariety, parse_mix
+from engine.demo.batches import COPIED_TASKS, GENERATORS, TASK_MIX, Batcher, ParallelBatcher, TaskVariety, parse_mix
 from engine.demo.tasks import PASSKEY_STYLES
 from engine.demo.tokenizer import train_tokenizer
 from engine.kv.config import KVConfig
@@ -198,11 +198,16 @@ def main(argv=None):
                         help="the styles of those haystacks, drawn evenly (engine.demo.tasks.passkey)")
     parser.add_argument("--passkey-drop", type=float, default=0.3,
                         help="the `drop` style's highest chance to leave out a noise sentence")
+    parser.add_argument("--multikey-similar", type=float, default=0.0,
+                        help="multikey rows: the chance that another needle's value shares each digit of the "
+                             "answer in its place (hard distractors: a copy must match the digits before, not "
+                             "one digit and its place)")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
     args = parser.parse_args(argv)
-    variety = PasskeyVariety(args.passkey_vary, tuple(args.passkey_styles.split(",")), args.passkey_drop)
+    variety = TaskVariety(args.passkey_vary, tuple(args.passkey_styles.split(",")), args.passkey_drop,
+                          args.multikey_similar)
     if not set(variety.styles) <= set(PASSKEY_STYLES):
         parser.error(f"--passkey-styles: expected a comma-separated subset of {', '.join(PASSKEY_STYLES)}")
     size = SMOKE if args.smoke else FULL
