@@ -5,8 +5,9 @@
 
 Fresh random instances (seeded by --seed, disjoint from the training seed) with needle depths spread evenly over
 five buckets, greedy decoding through the engine. Per (task, length, policy, budget): accuracy (also by depth
-bucket), the wrong number answers by kind (another number of the prompt, one not in it, none), batch-1 prefill
-seconds and decode ms/token on one instance, and the KV bytes resident per request.
+bucket), the wrong number answers by kind (another number of the prompt, one not in it, none) and by the place of
+their first wrong digit, batch-1 prefill seconds and decode ms/token on one instance, and the KV bytes resident per
+request.
 `full` ignores the budget. --long adds 64k to the default lengths. The policy `actqkv+question` is ActQKV with
 the task's question given (its question term).
 """
@@ -60,12 +61,23 @@ def wrong_answer(sample, output: str) -> str | None:
     return "in_prompt" if re.search(rf"(?<!\d){answer}(?!\d)", sample.prompt) else "not_in_prompt"
 
 
+def first_wrong_digit(sample, output: str) -> int | None:
+    """Where a wrong number answer (with a number) leaves the right one: the 1-based place of its first wrong
+    digit (one past the shorter of the two if one starts the other). None if right, without a number, or not a
+    number task."""
+    if sample.task not in NUMBER_TASKS or score(sample, output) or first_int(output) is None:
+        return None
+    answer, right = first_int(output), sample.references[0]
+    return next((i + 1 for i, (a, b) in enumerate(zip(answer, right)) if a != b), min(len(answer), len(right)) + 1)
+
+
 def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list, list, list, dict]:
     """Accuracy, accuracy by depth bucket, needle-block recall per layer at the question (the last prefill
     window: did that layer attend the block holding the answer?), each sample's score (for paired tests) and the
-    count of wrong number answers by kind (`wrong_answer`)."""
+    count of wrong number answers by kind (`wrong_answer`) and by the place of their first wrong digit
+    (`first_wrong_digit`, under "first_wrong_digit")."""
     engine, tok = llm.engine, llm.get_tokenizer()
-    by_id, hits, wrong = {}, [], Counter()
+    by_id, hits, wrong, places = {}, [], Counter(), Counter()
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         requests = {f"acc-{start + i}": (s, engine.add_request(f"acc-{start + i}", s.prompt, SamplingParams(
@@ -88,6 +100,7 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
                     sample, text = requests[out.request_id][0], out.outputs[0].text
                     by_id[out.request_id] = score(sample, text)
                     wrong.update(filter(None, [wrong_answer(sample, text)]))
+                    places.update(filter(None, [first_wrong_digit(sample, text)]))
                     bar.update(1)
     scores = [by_id[f"acc-{i}"] for i in range(len(samples))]
     buckets = defaultdict(list)
@@ -95,6 +108,8 @@ def accuracy(llm: LLM, samples, kv: dict, batch: int, bar) -> tuple[float, list,
         buckets[min(BUCKETS - 1, int(s.depth * BUCKETS))].append(sc)
     recall = [sum(h[layer] for h in hits) / len(hits) for layer in range(len(hits[0]))] if hits else []
     by_depth = [sum(v) / len(v) if v else None for _, v in sorted(buckets.items())]
+    if places:
+        wrong["first_wrong_digit"] = {str(place): n for place, n in sorted(places.items())}
     return sum(scores) / len(scores), by_depth, recall, scores, dict(wrong)
 
 
@@ -143,7 +158,9 @@ def plot(rows: list[dict], path: str):
 def wrong_cells(row: dict) -> str:
     if row["task"] not in NUMBER_TASKS or row["accuracy"] is None:
         return "–"
-    return " / ".join(str(row["wrong_answers"].get(k, 0)) for k in ("in_prompt", "not_in_prompt", "no_number"))
+    kinds = " / ".join(str(row["wrong_answers"].get(k, 0)) for k in ("in_prompt", "not_in_prompt", "no_number"))
+    places = row["wrong_answers"].get("first_wrong_digit")
+    return kinds + ("; first wrong digit " + ", ".join(f"{p}: {n}" for p, n in places.items()) if places else "")
 
 
 def _group(rows):

@@ -19,6 +19,18 @@ def test_wrong_answer_kinds():
     assert longctx.wrong_answer(words, " b.") is None
 
 
+def test_first_wrong_digit_is_where_a_wrong_number_leaves_the_answer():
+    sample = _multikey("One of the special magic numbers for red-fox is: 1234567.", "1234567")
+    assert longctx.first_wrong_digit(sample, " 1234567.") is None
+    assert longctx.first_wrong_digit(sample, " 1299999.") == 3
+    assert longctx.first_wrong_digit(sample, " 9234567.") == 1
+    assert longctx.first_wrong_digit(sample, " 12345.") == 6       # stops short: its 6th digit is missing
+    assert longctx.first_wrong_digit(sample, " none") is None
+    row = {"task": "multikey", "accuracy": 0.5,
+           "wrong_answers": {"not_in_prompt": 2, "first_wrong_digit": {"3": 1, "6": 1}}}
+    assert longctx.wrong_cells(row) == "0 / 2 / 0; first wrong digit 3: 1, 6: 1"
+
+
 def test_short_run_writes_one_row_per_policy(tmp_path):
     out = tmp_path / "longctx.json"
     longctx.main(["--tasks", "passkey", "--lengths", "1024", "--policies", "full,actqkv", "--budgets", "704",
@@ -27,5 +39,6 @@ def test_short_run_writes_one_row_per_policy(tmp_path):
     assert [(r["policy"], r["budget"]) for r in rows] == [("full", None), ("actqkv", 704)]
     for r in rows:
         assert r["n"] == 2 and r["accuracy"] == sum(r["scores"]) / 2
-        assert sum(r["wrong_answers"].values()) == 2 - sum(r["scores"])
+        kinds = {k: n for k, n in r["wrong_answers"].items() if k != "first_wrong_digit"}
+        assert sum(kinds.values()) == 2 - sum(r["scores"])
         assert r["kv_resident_bytes"] > 0 and r["prefill_s"] is None
