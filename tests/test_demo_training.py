@@ -179,3 +179,17 @@ def test_digit_copy_rows_repeat_runs_of_digits_only():
     for row in ids.tolist():
         n = (len(row) - row.count(tok.eos_token_id) - 1) // 2
         assert set(row[1:n + 1]) <= digits and row[n + 1:2 * n + 1] == row[1:n + 1] and 8 <= n <= DIGITS_MAX_RUN
+
+
+def test_memory_norm_scale_multiplies_only_the_memory_query_and_key_norms():
+    import torch
+    from engine.demo.train import SMOKE, model_config, scale_memory_norms
+    from engine.models.memory_llama import MemoryLlamaForCausalLM
+    from engine.models.model_config import ModelConfig
+    model = MemoryLlamaForCausalLM(ModelConfig.from_dict(model_config(SMOKE, 128)))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    scale_memory_norms(model, 3.0)
+    scaled = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert scaled and all(".memory.query_norm." in n or ".memory.key_norm." in n for n in scaled)
+    for n in scaled:
+        assert torch.allclose(dict(model.named_parameters())[n], 3.0 * before[n])

@@ -138,6 +138,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, fused: bool = False,
                              lr=lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused or None)
 
 
+@torch.no_grad()
+def scale_memory_norms(model: torch.nn.Module, factor: float):
+    """Multiply every memory layer's query and key LayerNorm (weight and bias) by `factor`."""
+    for name, module in model.named_modules():
+        if name.endswith((".memory.query_norm", ".memory.key_norm")):
+            module.weight.mul_(factor)
+            module.bias.mul_(factor)
+
+
 def learning_rate(base: float, step: int, progress: float) -> float:
     """`step` counts from the start of this run: every (re)start warms up over 100 steps."""
     warm = min(1.0, (step + 1) / 100)
@@ -202,6 +211,10 @@ def main(argv=None):
                         help="multikey rows: the chance that another needle's value shares each digit of the "
                              "answer in its place (hard distractors: a copy must match the digits before, not "
                              "one digit and its place)")
+    parser.add_argument("--memory-norm-scale", type=float, default=1.0,
+                        help="multiply the memory layers' query and key LayerNorm weights and biases by this at "
+                             "the start of this run: their scores, and so their output, grow by its square "
+                             "(revives memory layers that training turned off)")
     parser.add_argument("--mix", default=None, type=parse_mix,
                         help="the task mix, e.g. passkey=0.5,repeat=0.2,facts=0.1,filler=0.1,multikey=0.1 "
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
@@ -259,6 +272,8 @@ def main(argv=None):
         with open(os.path.join(args.out, "training_record.json")) as f:
             record = json.load(f)
         batcher.rng.seed(f"{args.seed}-{record['step']}")
+    if args.memory_norm_scale != 1.0:
+        scale_memory_norms(model, args.memory_norm_scale)
 
     parallel = (ParallelBatcher(tokenizer, args.seed, args.workers, args.mix, variety) if args.workers
                 else None)
