@@ -65,7 +65,7 @@ def first_wrong_digit(sample, output: str) -> int | None:
     """Where a wrong number answer (with a number) leaves the right one: the 1-based place of its first wrong
     digit (one past the shorter of the two if one starts the other). None if right, without a number, or not a
     number task."""
-    if sample.task not in NUMBER_TASKS or score(sample, output) or first_int(output) is None:
+    if wrong_answer(sample, output) in (None, "no_number"):
         return None
     answer, right = first_int(output), sample.references[0]
     return next((i + 1 for i, (a, b) in enumerate(zip(answer, right)) if a != b), min(len(answer), len(right)) + 1)
