@@ -87,6 +87,24 @@ def test_multikey_similar_distractors_share_the_answers_digits_in_place(count):
         assert low < shared < high, (similar, shared)   # random digits share 0.1; similar 0.6: 0.6 + 0.4·0.1
 
 
+def test_multikey_trie_distractors_part_from_the_answer_at_one_digit(count):
+    """With `trie` = 1, three other values share the answer's first k digits and differ from it and from each other
+    at the next one; `trie` = 0 leaves the evaluated prompts as they were."""
+    import re
+
+    def groups(s):   # the places k ≥ 2 where ≥ 3 other values part from the answer, each with its own digit
+        answer = s.references[0]
+        others = [v for v in re.findall(r"is: (\d+)\.", s.prompt) if v != answer]
+        return {k for k in range(2, 7) if len({v[k] for v in others if v[:k] == answer[:k]}) >= 3}
+
+    assert GENERATORS["multikey"](random.Random(1), 1024, 0.5, count, trie=0.0) == \
+        GENERATORS["multikey"](random.Random(1), 1024, 0.5, count)
+    plain = [groups(GENERATORS["multikey"](random.Random(seed), 1024, 0.5, count)) for seed in range(30)]
+    tries = [groups(GENERATORS["multikey"](random.Random(seed), 1024, 0.5, count, trie=1.0)) for seed in range(30)]
+    assert sum(map(bool, plain)) <= 2 and sum(map(bool, tries)) >= 22   # k = 1 (1 in 6) is not counted
+    assert len(set().union(*tries)) == 5   # the place where they part is drawn
+
+
 def test_scorers():
     assert first_int("The answer is 12345, maybe 6") == "12345"
     assert first_int("none") is None

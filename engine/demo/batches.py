@@ -48,6 +48,7 @@ class TaskVariety:
     styles: tuple[str, ...] = ("drop", "cut", "filler")   # drawn evenly
     drop: float = 0.3                                  # the `drop` style's highest chance to leave out a sentence
     multikey_similar: float = 0.0                      # chance that a distractor shares each digit of the answer
+    multikey_trie: float = 0.0                         # share of distractors that begin like the answer
 
 
 class Batcher:
@@ -80,8 +81,8 @@ class Batcher:
             head, tail = self.tok.encode(first), self.tok.encode(again, add_special_tokens=False)
             return task, head + tail, [0.0] * len(head) + [REPEAT_WEIGHT] * len(tail), [False] * (len(head) + len(tail))
         extra = {"followups": FOLLOWUPS[task]} if task in FOLLOWUPS else {}
-        if task == "multikey" and self.variety.multikey_similar > 0:
-            extra["similar"] = self.variety.multikey_similar
+        if task == "multikey":
+            extra.update(similar=self.variety.multikey_similar, trie=self.variety.multikey_trie)
         if task == "passkey" and self.variety.fraction > 0 and self.rng.random() < self.variety.fraction:
             extra = {"style": self.rng.choice(self.variety.styles), "drop": self.variety.drop}
         sample = GENERATORS[task](self.rng, length, self.rng.random(), self.count, **extra)

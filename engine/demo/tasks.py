@@ -113,23 +113,37 @@ def _similar_value(rng: random.Random, value: str, similar: float) -> str:
             return other
 
 
+def _trie_values(rng: random.Random, value: str, count: int = 3) -> list[str]:
+    """`count` other 7-digit numbers that share the first k digits of `value` (one k from 1 to 6) and differ from
+    it, and from each other, at the next digit: so the answer's digit there is no more common than theirs."""
+    k = rng.randint(1, len(value) - 1)
+    digits = rng.sample([d for d in string.digits if d != value[k]], count)
+    return [value[:k] + d + "".join(rng.choice(string.digits) for _ in value[k + 1:]) for d in digits]
+
+
 def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountTokens,
-             followups: int = 0, similar: float = 0.0) -> TaskSample:
+             followups: int = 0, similar: float = 0.0, trie: float = 0.0) -> TaskSample:
     """RULER niah_multikey_2, one query: the haystack is made of needles with other keys. With `followups`, the
     sample also carries that many questions about other needles (multi-query training). With `similar` > 0 (for
     training), the other needles' values share each digit of the answer, in its place, with that chance: no digit
-    and its place alone tells which needle a copy is reading."""
+    and its place alone tells which needle a copy is reading. With chance `trie`, three of the other values begin
+    like the answer and part from it at one digit: the digits written so far do not tell which needle to read."""
     query = _word_key(rng)
     question = _multikey_question(query)
     value = str(rng.randint(10**6, 10**7 - 1))
     target = f"One of the special magic numbers for {query} is: {value}.\n"
     budget = length - count_tokens(MULTIKEY_TASK + target + question)
     keys, needles, pairs, used = {query}, [], [], 0
+    siblings = _trie_values(rng, value) if trie > 0 and rng.random() < trie else []
+    spread = bool(siblings)   # the siblings come first below; they are then shuffled among the needles
     while True:
         key = _word_key(rng)
         if key in keys:
             continue
-        other = _similar_value(rng, value, similar) if similar > 0 else str(rng.randint(10**6, 10**7 - 1))
+        if siblings:
+            other = siblings.pop()
+        else:
+            other = _similar_value(rng, value, similar) if similar > 0 else str(rng.randint(10**6, 10**7 - 1))
         needle = f"One of the special magic numbers for {key} is: {other}.\n"
         cost = count_tokens(needle)
         if used + cost > budget:
@@ -138,6 +152,8 @@ def multikey(rng: random.Random, length: int, depth: float, count_tokens: CountT
         needles.append(needle)
         pairs.append((key, other))
         used += cost
+    if spread:
+        rng.shuffle(needles)
     at = round(len(needles) * depth)
     needles.insert(at, target)
     prompt = MULTIKEY_TASK + "".join(needles).rstrip("\n") + question

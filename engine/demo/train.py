@@ -211,6 +211,10 @@ def main(argv=None):
                         help="multikey rows: the chance that another needle's value shares each digit of the "
                              "answer in its place (hard distractors: a copy must match the digits before, not "
                              "one digit and its place)")
+    parser.add_argument("--multikey-trie", type=float, default=0.0,
+                        help="multikey rows: the share of other needles whose value begins like the answer (its "
+                             "first 1-6 digits) and then differs: the digits written so far do not tell which "
+                             "needle a copy reads")
     parser.add_argument("--memory-norm-scale", type=float, default=1.0,
                         help="multiply the memory layers' query and key LayerNorm weights and biases by this at "
                              "the start of this run: their scores, and so their output, grow by its square "
@@ -220,7 +224,7 @@ def main(argv=None):
                              f"(default {','.join(f'{t}={w}' for t, w in TASK_MIX)})")
     args = parser.parse_args(argv)
     variety = TaskVariety(args.passkey_vary, tuple(args.passkey_styles.split(",")), args.passkey_drop,
-                          args.multikey_similar)
+                          args.multikey_similar, args.multikey_trie)
     if not set(variety.styles) <= set(PASSKEY_STYLES):
         parser.error(f"--passkey-styles: expected a comma-separated subset of {', '.join(PASSKEY_STYLES)}")
     size = SMOKE if args.smoke else FULL
