@@ -15,7 +15,9 @@
 #   copydigits  the CPU model of sessions 12-14 (bench/models/copy_digits, step 8,873: session 12's copy_first,
 #            then 233 CPU minutes with `copy_digits` and multikey rows; passkey 1.00 at 512-2,048 tokens, multikey
 #            0.60 / 0.48 / 0.03, but its memory layers do nothing yet), resumed with multikey and kv_retrieval rows,
-#            its main curriculum at 2,048 tokens (multikey on its own, at 1,024 until it passes 0.9)
+#            its main curriculum at 2,048 tokens (multikey on its own, at 1,024 until it passes 0.9); deepened first
+#            by zero-output copies of blocks 0 and 1 (GROW_AFTER) and with trie distractors (MULTIKEY_TRIE): session
+#            16 found its multikey answers copy digits 1-2 through the question and digits 3+ by digit matching alone
 #   copy     a new model that first learns to copy only (`copy` rows: random tokens, then the same again; stage 0,
 #            COPY_STEPS steps), then the mix with 30% copy and digit-copy rows kept (session 12: on the CPU, mixing
 #            in the tasks before the copy accuracy passed ~0.5 undid the copy circuit)
@@ -42,6 +44,8 @@ BOUNDED_FRAC=${BOUNDED_FRAC:-0.3}    # steps with bounded positions (no effect o
 PASSKEY_VARY=${PASSKEY_VARY:-0.75}   # passkey haystacks with noise sentences dropped, spans cut or varied filler
 COPY_STEPS=${COPY_STEPS:-1500}       # the `copy` run's copy-only steps, at most
 COPY_S=${COPY_S:-150}                # and their seconds, at most (taken from that run's TRAIN_S)
+GROW_AFTER=${GROW_AFTER:-0,1}        # copydigits: blocks copied (zero output) to deepen it first (engine.demo.grow)
+MULTIKEY_TRIE=${MULTIKEY_TRIE:-0.5}  # copydigits: multikey rows with three values that begin like the answer
 nvidia-smi -L
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 mkdir -p /tmp/runs
@@ -51,10 +55,13 @@ for run in $RUNS; do
         rm -rf /tmp/runs/$run
         mkdir /tmp/runs/$run
         [ $run = bundle ] && cp engine/demo/model/* /tmp/runs/$run && extra="--stage 1"
-        [ $run = copydigits ] && cp bench/models/copy_digits/* /tmp/runs/$run && extra="--stage 4"
+        [ $run = copydigits ] && extra="--stage 4" && if [ -n "$GROW_AFTER" ]; then
+            python3 -m engine.demo.grow --src bench/models/copy_digits --out /tmp/runs/$run --after $GROW_AFTER
+        else cp bench/models/copy_digits/* /tmp/runs/$run; fi
     fi
     mix=$MIX seconds=$TRAIN_S
-    [ $run = copydigits ] && mix=multikey=0.4,copy_digits=0.1,passkey=0.15,facts=0.1,kv_retrieval=0.15,filler=0.05,copy=0.05
+    [ $run = copydigits ] && mix=multikey=0.4,copy_digits=0.1,passkey=0.15,facts=0.1,kv_retrieval=0.15,filler=0.05,copy=0.05 \
+        && extra="$extra --multikey-trie $MULTIKEY_TRIE"
     if [ $run = copy ]; then
         mix=copy=0.15,copy_digits=0.15,passkey=0.25,multikey=0.2,facts=0.1,filler=0.05,kv_retrieval=0.1
         [ "$MODE" = first ] && seconds=$((TRAIN_S - COPY_S))
