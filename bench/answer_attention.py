@@ -6,7 +6,9 @@ For each answer digit and each layer and head: where that head's strongest atten
 predicts the digit, counted over the prompts. `T-3` is the target needle's token 3 before its final '.', so its
 7 digits are T-7 … T-1; `N-3` is the same place in another needle; `question` is anything after the last needle
 (the question and the answer written so far); `other` is the task line. A head that copies digit k from the
-right needle shows `T` there; one that follows a digit to a needle that merely shares it shows `N`.
+right needle shows `T` there; one that follows a digit to a needle that merely shares it shows `N`. Then, per
+layer, the target's share of the attention that falls on needles: at the question's last "mentioned" (the token
+after the key asked for) and at each answer digit (with n needles, 1/n is no preference).
 """
 import argparse
 import json
@@ -82,12 +84,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, tok = load_model(args.model), load_tokenizer(args.model)
     counts: dict[tuple[int, int, int], Counter] = {}
-    mass = torch.zeros(0)   # [digit, layer]: attention on the target needle ÷ on all needles, summed over prompts
+    mass = torch.zeros(0)   # [the question's key, then each digit; layer]: on the target ÷ on all needles, summed
     probs: list[torch.Tensor] = []
     for sample in make_samples(tok, "multikey", args.length, args.samples, args.seed):
         prompt = tok.encode(sample.prompt)
         ids = prompt + tok.encode(sample.answer, add_special_tokens=False)
-        spans = needle_spans(tok.convert_ids_to_tokens(ids))
+        tokens = tok.convert_ids_to_tokens(ids)
+        spans = needle_spans(tokens)
         target = next(s for s in spans if s[2] == sample.references[0])
         probs.clear()
         with torch.no_grad(), captured_attention(probs):
@@ -96,7 +99,9 @@ def main(argv=None):
         in_target[target[0]:target[1] + 1] = True
         in_needles = torch.zeros(len(ids), dtype=torch.bool)
         in_needles[spans[0][0]:spans[-1][1] + 1] = True
-        rows = torch.stack([p[:, len(prompt):len(prompt) + args.digits].sum(0) for p in probs], 1)   # [digits, L, T]
+        mentioned = max(i for i, t in enumerate(tokens[:len(prompt)]) if t == "Ġmentioned")   # after the asked key
+        at = [mentioned] + list(range(len(prompt), len(prompt) + args.digits))
+        rows = torch.stack([p[:, at].sum(0) for p in probs], 1)   # [1 + digits, L, T]
         share = rows[..., in_target].sum(-1) / rows[..., in_needles].sum(-1)
         mass = share if mass.numel() == 0 else mass + share
         for digit in range(args.digits):   # the answer's first token (' ') predicts digit 1
@@ -112,9 +117,10 @@ def main(argv=None):
         for layer in range(layers):
             cells = [",".join(f"{k}:{v}" for k, v in counts[(digit, layer, h)].most_common(2)) for h in range(heads)]
             print(f"  layer {layer}: " + " | ".join(cells))
-    print("\nthe target's share of the attention on needles (all heads), per answer digit (rows) and layer")
-    for digit, row in enumerate(mass / args.samples):
-        print(f"  digit {digit + 1}: " + "  ".join(f"{v:.2f}" for v in row.tolist()))
+    print("\nthe target's share of the attention on needles (all heads), per layer: at the question's "
+          "'mentioned' (after the key it asks for), and at the positions predicting each answer digit")
+    for i, row in enumerate(mass / args.samples):
+        print(f"  {'mentioned' if i == 0 else f'digit {i}':>9}: " + "  ".join(f"{v:.2f}" for v in row.tolist()))
 
 
 if __name__ == "__main__":
