@@ -11,8 +11,6 @@ layer, the target's share of the attention that falls on needles: at the questio
 after the key asked for) and at each answer digit (with n needles, 1/n is no preference).
 """
 import argparse
-import json
-import os
 from collections import Counter
 from contextlib import contextmanager
 
@@ -20,20 +18,8 @@ import torch
 
 from bench.longctx import make_samples
 from engine.layers.attention import Attention
-from engine.models.loader import read_safetensors
-from engine.models.memory_llama import MemoryLlamaForCausalLM
-from engine.models.model_config import ModelConfig
+from engine.models.loader import load_model
 from engine.tokenizer import load_tokenizer
-
-
-def load_model(path: str):
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
-    weights = read_safetensors(path)
-    weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
-    model.load_state_dict(weights)
-    return model.eval()
 
 
 @contextmanager
@@ -82,7 +68,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--digits", type=int, default=5, help="answer digits to report")
     args = parser.parse_args(argv)
-    model, tok = load_model(args.model), load_tokenizer(args.model)
+    model, tok = load_model(args.model, torch.float32, torch.device("cpu")), load_tokenizer(args.model)
     counts: dict[tuple[int, int, int], Counter] = {}
     mass = torch.zeros(0)   # [the question's key, then each digit; layer]: on the target ÷ on all needles, summed
     probs: list[torch.Tensor] = []

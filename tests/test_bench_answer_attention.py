@@ -1,14 +1,15 @@
 """bench/answer_attention.py: the captured attention is the model's own, and places are named as documented."""
 import torch
 
-from bench.answer_attention import captured_attention, load_model, needle_spans, where
+from bench.answer_attention import captured_attention, needle_spans, where
 from engine.layers.attention import Attention
+from engine.models.loader import load_model
 from tests.test_memory_layer import write_memory_llama
 
 
 def test_captured_attention_leaves_the_logits_and_keeps_causal_probabilities(tmp_path):
     write_memory_llama(str(tmp_path))
-    model = load_model(str(tmp_path))
+    model = load_model(str(tmp_path), torch.float32, torch.device("cpu"))
     ids = torch.tensor([[1, 40, 50, 60, 70, 80, 90, 100]])
     plain = Attention._attend
     probs = []

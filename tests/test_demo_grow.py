@@ -6,20 +6,14 @@ import pytest
 import torch
 
 from engine.demo.grow import main as grow_main
-from engine.models.memory_llama import MemoryLlamaForCausalLM
-from engine.models.model_config import ModelConfig
-from engine.models.loader import read_safetensors
+from engine.models.loader import load_model
 from tests.test_memory_layer import write_memory_llama
 
 
 def load(path):
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
-    model = MemoryLlamaForCausalLM(ModelConfig.from_dict(cfg))
-    weights = read_safetensors(path)
-    weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])
-    model.load_state_dict(weights)
-    return model.eval(), cfg
+    return load_model(path, torch.float32, torch.device("cpu")), cfg
 
 
 def test_grown_model_has_the_same_logits_and_new_blocks_that_learn(tmp_path):
@@ -35,7 +29,7 @@ def test_grown_model_has_the_same_logits_and_new_blocks_that_learn(tmp_path):
     new = grown.model.layers[1]
     assert new.memory is None and new.self_attn.o_proj.weight.abs().sum() == 0
     assert torch.equal(new.self_attn.q_proj.weight, source.model.layers[0].self_attn.q_proj.weight)
-    grown.train()
+    grown.train().requires_grad_(True)
     grown.forward_dense(ids).pow(2).mean().backward()
     assert new.self_attn.o_proj.weight.grad.abs().sum() > 0 and new.mlp.down_proj.weight.grad.abs().sum() > 0
 
