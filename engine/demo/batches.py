@@ -48,7 +48,7 @@ class TaskVariety:
     styles: tuple[str, ...] = ("drop", "cut", "filler")   # drawn evenly
     drop: float = 0.3                                  # the `drop` style's highest chance to leave out a sentence
     multikey_similar: float = 0.0                      # chance that a distractor shares each digit of the answer
-    multikey_trie: float = 0.0                         # share of distractors that begin like the answer
+    multikey_trie: float = 0.0                         # share of rows with 3 values that begin like the answer
 
 
 class Batcher:

@@ -212,8 +212,8 @@ def main(argv=None):
                              "answer in its place (hard distractors: a copy must match the digits before, not "
                              "one digit and its place)")
     parser.add_argument("--multikey-trie", type=float, default=0.0,
-                        help="multikey rows: the share of other needles whose value begins like the answer (its "
-                             "first 1-6 digits) and then differs: the digits written so far do not tell which "
+                        help="the share of multikey rows in which three other values begin like the answer (its "
+                             "first 1-6 digits) and then differ: the digits written so far do not tell which "
                              "needle a copy reads")
     parser.add_argument("--memory-norm-scale", type=float, default=1.0,
                         help="multiply the memory layers' query and key LayerNorm weights and biases by this at "
