@@ -11,7 +11,7 @@ layer, the target's share of the attention that falls on needles: at the questio
 after the key asked for) and at each answer digit (with n needles, 1/n is no preference).
 """
 import argparse
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 
 import torch
@@ -69,8 +69,8 @@ def main(argv=None):
     parser.add_argument("--digits", type=int, default=5, help="answer digits to report")
     args = parser.parse_args(argv)
     model, tok = load_model(args.model, torch.float32, torch.device("cpu")), load_tokenizer(args.model)
-    counts: dict[tuple[int, int, int], Counter] = {}
-    mass = torch.zeros(0)   # [the question's key, then each digit; layer]: on the target ÷ on all needles, summed
+    counts: dict[tuple[int, int, int], Counter] = defaultdict(Counter)   # (digit, layer, head) -> places
+    mass = 0   # [the question's key, then each digit; layer]: on the target ÷ on all needles, summed
     probs: list[torch.Tensor] = []
     for sample in make_samples(tok, "multikey", args.length, args.samples, args.seed):
         prompt = tok.encode(sample.prompt)
@@ -89,12 +89,11 @@ def main(argv=None):
         at = [mentioned] + list(range(len(prompt), len(prompt) + args.digits))
         rows = torch.stack([p[:, at].sum(0) for p in probs], 1)   # [1 + digits, L, T]
         share = rows[..., in_target].sum(-1) / rows[..., in_needles].sum(-1)
-        mass = share if mass.numel() == 0 else mass + share
+        mass = mass + share
         for digit in range(args.digits):   # the answer's first token (' ') predicts digit 1
             for layer, p in enumerate(probs):
                 for head, row in enumerate(p[:, len(prompt) + digit]):
-                    key = (digit, layer, head)
-                    counts.setdefault(key, Counter())[where(row.argmax().item(), spans, target)] += 1
+                    counts[(digit, layer, head)][where(row.argmax().item(), spans, target)] += 1
     layers, heads = len(probs), probs[0].shape[0]
     print(f"{args.model}, multikey at {args.length} tokens, {args.samples} prompts: each head's strongest "
           "attention (the two commonest places: count)")
