@@ -137,10 +137,11 @@ def test_budget_arithmetic():
 @pytest.mark.parametrize("per_head", [False, True])
 def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_head):
     from engine.kv.policies import actqkv_scores
+    from engine.kv.summaries import unit_representatives
     torch.manual_seed(0)
     q, reprs = torch.randn(1, 8, 16), torch.randn(30, 2, 16)   # 8 query heads over 2 KV heads
     state = SequenceKVState(KVConfig(policy="actqkv", per_head=per_head), 1, q.device)
-    got = actqkv_scores(q, reprs[:, None], state, 0)             # one representative per block
+    got = actqkv_scores(q, unit_representatives(reprs[:, None], per_head), state, 0)   # one representative a block
     expanded = reprs.repeat_interleave(4, dim=1)                 # [N, 8, 16]: each KV head's repr for its heads
     if per_head:
         expected = F.cosine_similarity(expanded.view(30, 2, 64), q[0].reshape(2, 64)[None], dim=-1)
@@ -151,11 +152,13 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
 
 def test_a_block_scores_as_its_best_representative():
     from engine.kv.policies import actqkv_scores, infllm_scores
+    from engine.kv.summaries import unit_representatives
     torch.manual_seed(0)
     q, reprs = torch.randn(3, 8, 16), torch.randn(30, 4, 2, 16)   # 4 representatives per block
+    units = unit_representatives(reprs, per_head=False)
     state = lambda: SequenceKVState(KVConfig(policy="actqkv", warmup=10**6), 1, q.device)
-    each = torch.stack([actqkv_scores(q, reprs[:, r:r + 1], state(), 0) for r in range(4)], 1)
-    assert torch.allclose(actqkv_scores(q, reprs, state(), 0), each.amax(1))
+    each = torch.stack([actqkv_scores(q, units[:, r:r + 1], state(), 0) for r in range(4)], 1)
+    assert torch.allclose(actqkv_scores(q, units, state(), 0), each.amax(1))
     each = torch.stack([infllm_scores(q, reprs[:, r:r + 1]) for r in range(4)], 1)
     assert torch.allclose(infllm_scores(q, reprs), each.amax(1))
 
@@ -176,6 +179,21 @@ def test_representatives_average_the_most_attended_keys_of_each_run_of_the_block
         for run in range(2):
             top = received[b, 4 * run:4 * run + 4, 0].topk(2).indices
             assert torch.allclose(reprs[b, run, 0], pre[b, run, top, 0].mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_stored_unit_representatives_are_the_representatives_at_unit_norm(per_head):
+    from engine.kv.summaries import SequenceSummaries
+    torch.manual_seed(0)
+    keys, received = torch.randn(5, 8, 2, 16) * 3, torch.rand(5, 8, 2)   # 5 blocks of 8 tokens, 2 KV heads
+    summaries = SequenceSummaries(1)
+    summaries.summarize(0, keys, 0, received, RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 64),
+                        repr_topk=2, repr_count=2, per_head=per_head)
+    reprs, units = summaries.get("repr", 0, 0, 5), summaries.get("repr_unit", 0, 0, 5)
+    if not per_head:   # one vector per representative: the KV heads concatenated
+        units, reprs = units.flatten(-2), reprs.flatten(-2)
+    assert torch.allclose(units.norm(dim=-1), torch.ones(units.shape[:-1]), atol=1e-6)
+    assert torch.allclose(F.cosine_similarity(units, reprs, dim=-1), torch.ones(units.shape[:-1]), atol=1e-6)
 
 
 def test_representatives_split_the_block_evenly():
@@ -201,6 +219,7 @@ def test_question_without_actqkv_is_rejected():
 
 def test_question_term_adds_weighted_cosine_while_prefilling_only():
     from engine.kv.policies import actqkv_scores
+    from engine.kv.summaries import unit_representatives
     torch.manual_seed(0)
     reprs, question = torch.randn(30, 1, 2, 16), torch.randn(8, 16)
     window, single = torch.randn(5, 8, 16), torch.randn(1, 8, 16)
@@ -208,12 +227,15 @@ def test_question_term_adds_weighted_cosine_while_prefilling_only():
     asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0, per_head=False), 1,
                             reprs.device)
     asked.question = [question]
+    units = unit_representatives(reprs, per_head=False)
     term = F.cosine_similarity(reprs[:, 0].repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
-    gain = actqkv_scores(window, reprs, asked, 0, prefilling=True) - actqkv_scores(window, reprs, plain, 0, True)
+    gain = actqkv_scores(window, units, asked, 0, prefilling=True) - actqkv_scores(window, units, plain, 0, True)
     assert (gain - 4 * term).abs().max() < 1e-5
-    one = actqkv_scores(single, reprs, asked, 0, prefilling=True) - actqkv_scores(single, reprs, plain, 0, True)
+    one = actqkv_scores(single, units, asked, 0, prefilling=True) - actqkv_scores(single, units, plain, 0, True)
     assert (one - 4 * term).abs().max() < 1e-5          # a one-token prefill chunk gets the term too
-    assert torch.equal(actqkv_scores(single, reprs, asked, 0), actqkv_scores(single, reprs, plain, 0))   # decode
+    counted = plain.stats[0].count
+    assert torch.equal(actqkv_scores(single, units, asked, 0), actqkv_scores(single, units, plain, 0))   # decode
+    assert plain.stats[0].count == counted               # a decode query is its own probe: no statistics kept
 
 
 def test_request_question_reaches_the_selection(checkpoint):

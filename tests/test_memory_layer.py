@@ -46,7 +46,7 @@ def test_selection_picks_the_best_grid_cells_among_preselected():
     x = torch.randn(1, 32)
     idx, scores = layer.select(x)
     assert len(set(idx[0, 0].tolist())) == 8
-    total = scores.sum(2)[0, 0]
+    total = scores.sum(-1)[0, 0]
     assert torch.all(total[:-1] >= total[1:])  # top-m comes out sorted by the summed core scores
 
 

@@ -25,38 +25,39 @@ def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> tor
     return bound.sum(dim=(1, 2, 3))
 
 
-def actqkv_scores(q_global: torch.Tensor, reprs: torch.Tensor, state: SequenceKVState, layer: int,
-                  prefilling: bool = False, reprs_sq: torch.Tensor | None = None) -> torch.Tensor:
+def actqkv_scores(q_global: torch.Tensor, units: torch.Tensor, state: SequenceKVState, layer: int,
+                  prefilling: bool = False) -> torch.Tensor:
     """Cosine between the activation-bias-weighted probe and each block's best representative (heads concatenated;
-    reprs [N, R, Hkv, D]); with `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term
-    while prefilling. `reprs_sq` [N, R, Hkv]: the representatives' squared norms, if the caller keeps them."""
+    `units` [N, R, Hkv, D]: the representatives at unit norm, engine.kv.summaries.unit_representatives); with
+    `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling."""
     w, heads, dim = q_global.shape
-    kv_heads = reprs.shape[2]
-    weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
+    kv_heads = units.shape[2]
+    if prefilling or w > 1:
+        weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
+    else:   # a decode query is its own probe; no window of several queries follows it, so no statistics either
+        weights = q_global.new_ones(1, dtype=torch.float32)
     group = heads // kv_heads
     probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
-    if reprs_sq is None:
-        reprs_sq = reprs.float().pow(2).sum(-1)
-    scores = _cosine(probe, reprs, reprs_sq, state.config.per_head)
+    scores = _cosine(probe, units, state.config.per_head)
     if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(
-            state.question[layer].view(kv_heads, group, dim), reprs, reprs_sq, state.config.per_head)
+            state.question[layer].view(kv_heads, group, dim), units, state.config.per_head)
     return scores
 
 
-def _cosine(probe: torch.Tensor, reprs: torch.Tensor, reprs_sq: torch.Tensor, per_head: bool) -> torch.Tensor:
-    """Cosine between probe [Hkv, g, D] (heads concatenated) and each representative [N, R, Hkv, D] repeated over
-    its query-head group, without materialising the repeat: <probe, rep(r)> = Σ_kv <Σ_g probe_kv,g, r_kv> and
-    |rep(r)|² = g·Σ_kv |r_kv|²; the best of a block's R. One score per block [N], or per KV head [N, Hkv]."""
-    probe, reprs = probe.float(), reprs.float()
-    group = probe.shape[1]
-    rep_sq = reprs_sq * group                                                # [N, R, Hkv]
-    probe_sq = probe.pow(2).sum(dim=(1, 2))                                  # [Hkv]
-    if per_head:
-        dots = torch.einsum("kd,nrkd->nrk", probe.sum(1), reprs)             # [N, R, Hkv]
-        return (dots / (rep_sq.sqrt() * probe_sq.sqrt()).clamp(min=1e-8)).amax(1)
-    dots = _summed_dots(probe.sum(1), reprs)                                 # [N, R]
-    return (dots / (rep_sq.sum(2).sqrt() * probe_sq.sum().sqrt()).clamp(min=1e-8)).amax(1)
+def _cosine(probe: torch.Tensor, units: torch.Tensor, per_head: bool) -> torch.Tensor:
+    """Cosine between probe [Hkv, g, D] (heads concatenated) and each unit representative [N, R, Hkv, D] repeated
+    over its query-head group, without materialising the repeat: <probe, rep(u)> = Σ_kv <Σ_g probe_kv,g, u_kv> and
+    |rep(u)| = √g. The best of a block's R. One score per block [N], or per KV head [N, Hkv]."""
+    probe = probe.float()
+    scale = probe.shape[1] ** 0.5
+    summed = probe.sum(1)                                                        # [Hkv, D]
+    if per_head:   # one product with a block-diagonal [Hkv·D, Hkv]: column k is head k's probe
+        heads = summed / (probe.pow(2).sum(dim=(1, 2)).sqrt()[:, None] * scale).clamp(min=1e-8)
+        n, r = units.shape[:2]
+        weight = torch.block_diag(*heads[:, :, None])
+        return (units.reshape(n * r, -1) @ weight).view(n, r, -1).amax(1)
+    return _summed_dots(summed, units).amax(1) / (probe.norm() * scale).clamp(min=1e-8)
 
 
 def _summed_dots(probe: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:

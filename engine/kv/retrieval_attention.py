@@ -22,6 +22,7 @@ import torch
 from engine.kv import policies
 from engine.kv.config import KVConfig
 from engine.kv.state import SequenceKVState
+from engine.kv.summaries import POLICY_SUMMARIES
 from engine.kv.tile_cache import TileCache
 from engine.kv.tiers import DeviceBlockCache
 from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
@@ -138,8 +139,8 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
         elif cfg.policy == "infllm":
             scores = policies.infllm_scores(q_global, s.get("repr", layer, first, last))
         else:
-            scores = policies.actqkv_scores(q_global, s.get("repr", layer, first, last), item.state, layer,
-                                            item.prefilling, s.get("repr_sq", layer, first, last))
+            scores = policies.actqkv_scores(q_global, s.get("repr_unit", layer, first, last), item.state, layer,
+                                            item.prefilling)
         chosen, count = policies.choose_blocks(scores, cfg, item.state, layer, mean_k)
     if ctx.tiers is not None:   # the blocks are fetched by their ids on the host: the count comes in the same read
         host = torch.cat([chosen.flatten(), torch.as_tensor(count, device=chosen.device).view(1)]).tolist()
@@ -327,5 +328,6 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
     received = ctx.received[layer].view(-1, bs, keys.shape[2])[physical]
-    item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, cfg.repr_topk, cfg.representatives(bs))
+    item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, cfg.repr_topk,
+                                   cfg.representatives(bs), cfg.per_head, POLICY_SUMMARIES[cfg.policy])
     item.state.finalized[layer] = upto

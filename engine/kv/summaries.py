@@ -5,19 +5,31 @@
 - `SequenceSummaries` (one per request), per layer and logical block, appended as blocks leave the local window:
   - `repr` [blocks, R, Hkv, D]: the representative keys (pre-RoPE): the block is cut into `repr_count` (R) runs of
     tokens, and each run's representative is, per KV head, the mean of its `repr_topk` keys that received the most
-    attention while they were in the local window (InfLLM / ActQKV; R = 1: one per block); `repr_sq`: their
-    squared norms [blocks, R, Hkv]. A block scores as its best representative;
+    attention while they were in the local window (InfLLM; R = 1: one per block); `repr_unit`: the same scaled to
+    unit norm (ActQKV, which scores by cosine; see `unit_representatives`). A block scores as its best
+    representative;
   - `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
-  Kept in logical order, a step reads its candidate blocks as one slice rather than gathering them by physical id.
+  A request keeps only those its policy reads (`POLICY_SUMMARIES`). Kept in logical order, a step reads its candidate
+  blocks as one slice rather than gathering them by physical id.
 """
 import torch
 
 from engine.layers.rotary import RotaryEmbedding, unrotate_range
 
+POLICY_SUMMARIES = {"full": (), "streaming": (), "quest": ("kmin", "kmax"), "infllm": ("repr",),
+                    "actqkv": ("repr_unit",)}
+
 
 def received_attention(num_layers: int, num_slots: int, kv_heads: int, device: torch.device) -> list[torch.Tensor]:
     """Per layer, the attention each cached token (pool slot) has received per KV head: [num_slots, Hkv]."""
     return [torch.zeros(num_slots, kv_heads, device=device) for _ in range(num_layers)]
+
+
+def unit_representatives(reprs: torch.Tensor, per_head: bool) -> torch.Tensor:
+    """Representatives [..., Hkv, D] scaled to unit norm: per KV head with `per_head`, else over the heads
+    concatenated (a zero representative stays zero)."""
+    dims = -1 if per_head else (-2, -1)
+    return reprs / torch.linalg.vector_norm(reprs, dim=dims, keepdim=True).clamp(min=1e-8)
 
 
 class SequenceSummaries:
@@ -30,21 +42,27 @@ class SequenceSummaries:
         return self.fields[layer][name][first:last]
 
     def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
-                  rotary: RotaryEmbedding, repr_topk: int, repr_count: int):
-        """Append the summaries of the next blocks of `layer`: their cached (post-RoPE) keys [nb, bs, Hkv, D], the
-        attention their tokens received [nb, bs, Hkv], their first token's position."""
-        nb, bs, kv_heads, dim = keys.shape
-        run = bs // repr_count
-        pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
-        pre = pre.view(nb, repr_count, run, kv_heads, dim)
-        top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices   # [nb, R, r, Hkv]
-        reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                      # [nb, R, Hkv, D]
-        self._append(layer, repr=reprs, repr_sq=reprs.pow(2).sum(-1), kmin=keys.float().amin(1),
-                     kmax=keys.float().amax(1))
+                  rotary: RotaryEmbedding, repr_topk: int, repr_count: int, per_head: bool = False,
+                  names: tuple[str, ...] = ("repr", "repr_unit", "kmin", "kmax")):
+        """Append the summaries `names` of the next blocks of `layer`: their cached (post-RoPE) keys
+        [nb, bs, Hkv, D], the attention their tokens received [nb, bs, Hkv], their first token's position.
+        `per_head`: the unit representatives are normalised per KV head (ActQKV's per-head selection)."""
+        values = {}
+        if "repr" in names or "repr_unit" in names:
+            nb, bs, kv_heads, dim = keys.shape
+            run = bs // repr_count
+            pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
+            pre = pre.view(nb, repr_count, run, kv_heads, dim)
+            top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices  # [nb,R,r,Hkv]
+            reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                     # [nb,R,Hkv,D]
+            values["repr"], values["repr_unit"] = reprs, unit_representatives(reprs, per_head)
+        if "kmin" in names:
+            values["kmin"], values["kmax"] = keys.float().amin(1), keys.float().amax(1)
+        self._append(layer, keys.shape[0], **{name: values[name] for name in names})
 
-    def _append(self, layer: int, **values: torch.Tensor):
+    def _append(self, layer: int, count: int, **values: torch.Tensor):
         start = self.length[layer]
-        end = start + next(iter(values.values())).shape[0]
+        end = start + count
         store = self.fields[layer]
         for name, value in values.items():
             buffer = store.get(name)

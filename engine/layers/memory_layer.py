@@ -61,7 +61,7 @@ class MemoryLayer(torch.nn.Module):
         else:  # shared: the owner (the model) registers it, so its parameters have one name
             self.__dict__["tables"] = tables
         self.row_offset = row_offset
-        self._cached_version, self._cached = None, None   # see _sub_keys
+        self._cached_version, self._cached = None, None   # see _derived
         self.rows_read = 0  # value rows gathered by the decode path since creation (a counter for metrics/tests)
         with torch.no_grad():
             for norm in (self.query_norm, self.key_norm):
@@ -70,30 +70,38 @@ class MemoryLayer(torch.nn.Module):
             torch.nn.init.normal_(self.pre_proj.weight, std=1.0 / hidden ** 0.5)
             torch.nn.init.normal_(self.out_proj.weight, std=1.0 / cfg.value_dim ** 0.5)
 
-    def select(self, x: torch.Tensor):
-        """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, C, m]."""
+    def select(self, x: torch.Tensor, queries: torch.Tensor | None = None):
+        """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, m, C]. `queries`: the
+        query projection of x, if the caller has it."""
         cfg = self.cfg
-        T, H, n, m, r = x.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank
-        q = self.query_norm(self.query_proj(x).view(T, H * 2, cfg.key_dim)).transpose(0, 1)   # [H·2, T, k]
-        keys, preselect = self._sub_keys()
-        scores = torch.bmm(q, keys).view(H * 2, T, n, r)                         # rows and columns: [H·2, T, n, r]
-        pre_idx = torch.bmm(q, preselect).topk(m, dim=-1).indices                # [H·2, T, m]
-        picked = scores.gather(2, pre_idx[..., None].expand(-1, -1, -1, r)).view(H, 2, T, m, r)
-        rows, cols = picked[:, 0, :, None], picked[:, 1, :, None]                # [H, T, 1, m, r]
-        grid = (rows @ self.tucker_core) @ cols.transpose(-1, -2)                # [H, T, C, m, m]
-        flat = grid.flatten(-2)
-        sel = flat.sum(2).topk(m, dim=-1).indices                                # [H, T, m]
-        chosen_scores = flat.gather(3, sel[:, :, None].expand(-1, -1, cfg.num_cores, -1))   # [H, T, C, m]
-        pre_idx = pre_idx.view(H, 2, T, m)
+        T, H, n, m, r, C = x.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank, cfg.num_cores
+        queries = self.query_proj(x) if queries is None else queries
+        q = self.query_norm(queries.view(T, H * 2, cfg.key_dim)).transpose(0, 1)   # [H·2, T, k]
+        keys, core_for_cols, _ = self._derived()
+        both = torch.bmm(q, keys)                        # [H·2, T, n·r + n]: sub-key scores, then pre-selection's
+        pre_idx = both[..., n * r:].topk(m, dim=-1).indices                        # [H·2, T, m]
+        picked = both[..., :n * r].view(H * 2, T, n, r).gather(2, pre_idx[..., None].expand(-1, -1, -1, r))
+        rows, cols = picked.view(H, 2, T * m, r).unbind(1)                        # [H, T·m, r] each
+        # grid[i, j, c] = rows_i · (core_c cols_j): one product per token for all cores
+        cols_by_core = F.linear(cols, core_for_cols).view(H * T, m * C, r)        # row j·C + c: core_c cols_j
+        grid = torch.bmm(rows.reshape(H * T, m, r), cols_by_core.transpose(1, 2)).view(H * T, m * m, C)
+        sel = grid.sum(-1).topk(m, dim=-1).indices                                # [H·T, m]: cell i·m + j
+        chosen_scores = grid.gather(1, sel[..., None].expand(-1, -1, C))          # [H·T, m, C]
+        pre_idx, sel = pre_idx.view(H, 2, T, m), sel.view(H, T, m)
         idx = pre_idx[:, 0].gather(2, sel // m) * n + pre_idx[:, 1].gather(2, sel % m)
         table_rows = self.tables.values.shape[0]
-        return ((idx + self.row_offset) % table_rows).transpose(0, 1), chosen_scores.transpose(0, 1)
+        if self.row_offset or table_rows < n * n:
+            idx = (idx + self.row_offset) % table_rows
+        return idx.transpose(0, 1), chosen_scores.view(H, T, m, C).transpose(0, 1)
 
-    def _sub_keys(self):
-        """The normed sub-keys as [H·2, k, n·r] (rows then columns per head), and the same contracted with the
-        rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n]. Without
-        autograd they depend on the weights only, so they are cached until a weight changes in place."""
-        weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core)
+    def _derived(self):
+        """Tensors derived from the weights: the normed sub-keys and, after them, the sub-keys contracted with
+        the rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n·r + n] (rows then
+        columns per head); the Tucker core as the weight that applies every core to a column at once: [C·r, r]; the
+        query and pre-value projections stacked (decode: one product). Without autograd they depend on the weights
+        only, so they are cached until a weight changes in place."""
+        weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core, self.query_proj.weight,
+                   self.pre_proj.weight)
         version = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)   # moves and casts too
         if not torch.is_grad_enabled() and self._cached_version == version:
             return self._cached
@@ -106,9 +114,11 @@ class MemoryLayer(torch.nn.Module):
             u, t = sign * u_mat[:, 0], sign * vh[0]
             preselect = torch.stack([normed[:, 0].transpose(-1, -2) @ u, normed[:, 1].transpose(-1, -2) @ t], 1)
             preselect = preselect.reshape(cfg.heads * 2, cfg.num_keys, cfg.key_dim).transpose(1, 2)
+        derived = (torch.cat([keys, preselect], dim=2), self.tucker_core.reshape(-1, cfg.tucker_rank),
+                   torch.cat([self.query_proj.weight, self.pre_proj.weight]))
         if not torch.is_grad_enabled():
-            self._cached_version, self._cached = version, (keys.contiguous(), preselect.contiguous())
-        return keys, preselect
+            self._cached_version, self._cached = version, tuple(d.contiguous() for d in derived)
+        return derived
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training path (autograd through gathered rows). x [T, D] -> [T, D]."""
@@ -117,24 +127,23 @@ class MemoryLayer(torch.nn.Module):
         values, pre_values = self.tables.values, self.tables.pre_values
         gate = (pre_values[idx] @ self.pre_proj(x)[:, None, :, None]).squeeze(-1)    # [T, H, m]
         parts = values[idx].view(*idx.shape, cfg.num_cores, -1)                      # [T, H, m, C, v/C]
-        weights = scores.transpose(2, 3) * gate[..., None]                          # [T, H, m, C]
-        out = (parts * weights[..., None]).sum(dim=(1, 2)).flatten(1)               # [T, v]
+        out = (parts * (scores * gate[..., None])[..., None]).sum(dim=(1, 2)).flatten(1)   # [T, v]
         return self.out_proj(out)
 
     @torch.no_grad()
     def forward_decode(self, x: torch.Tensor) -> torch.Tensor:
         """Inference path: reads only the selected rows (embedding / embedding_bag). Same result as `forward`."""
         cfg = self.cfg
-        T = x.shape[0]
-        idx, scores = self.select(x)
-        values, pre_values = self.tables.values, self.tables.pre_values
-        gate = (F.embedding(idx, pre_values) @ self.pre_proj(x)[:, None, :, None]).squeeze(-1)   # [T, H, m]
+        T, rows, C = x.shape[0], cfg.heads * cfg.topk, cfg.num_cores
+        split = cfg.heads * 2 * cfg.key_dim
+        projected = F.linear(x, self._derived()[2])                              # [T, H·2·k + p]: queries, pre-gate
+        idx, scores = self.select(x, projected[:, :split])
+        gate = torch.bmm(F.embedding(idx.reshape(T, rows), self.tables.pre_values), projected[:, split:, None])
+        weights = scores.reshape(T, rows, C) * gate                                 # [T, H·m, C]
         # V viewed as [rows*C, v/C]: row i's part c is row i*C + c, so each part is one contiguous row
-        parts = values.view(-1, cfg.value_dim // cfg.num_cores)
-        part_idx = idx[..., None] * cfg.num_cores + torch.arange(cfg.num_cores, device=x.device)   # [T, H, m, C]
-        weights = scores.transpose(2, 3) * gate[..., None]                                          # [T, H, m, C]
-        bags_idx = part_idx.permute(0, 3, 1, 2).reshape(T * cfg.num_cores, -1)
-        bags_w = weights.permute(0, 3, 1, 2).reshape(T * cfg.num_cores, -1)
-        out = F.embedding_bag(bags_idx, parts, per_sample_weights=bags_w, mode="sum")              # [T*C, v/C]
+        parts = self.tables.values.view(-1, cfg.value_dim // C)
+        part_idx = idx.reshape(T, rows, 1) * C + torch.arange(C, device=x.device)  # [T, H·m, C]
+        out = F.embedding_bag(part_idx.transpose(1, 2).reshape(T * C, rows), parts,
+                              per_sample_weights=weights.transpose(1, 2).reshape(T * C, rows), mode="sum")
         self.rows_read += idx.numel()
         return self.out_proj(out.view(T, cfg.value_dim))
