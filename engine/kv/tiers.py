@@ -3,12 +3,12 @@
 With `--kv-offload` the paged pool lives in host memory (pinned on CUDA) and only the blocks a step touches are
 resident on the device, in a per-layer cache of `--kv-device-cache-blocks` blocks: the device-resident KV is bounded
 by the cache, not by the context length (the block summaries stay on the device: R/(2·block_size) of an fp32 pool
-for actqkv and infllm, R the representatives per block; 1/block_size for quest). The cache is write-back: a step's new keys and values are written into cached blocks, and a block is
-copied back to the pool only when it is evicted dirty. Copies run on a side stream on CUDA. A window's blocks are
-fetched in two groups (`fetch`): its local region first, then its sinks and retrieved blocks; the compute stream
-waits for each group only where it reads it, so the retrieved blocks' copies overlap the local attention. On the CPU
-both tiers are RAM (the same code path, used by the tests); without offload there is one tier and the pool is read
-directly.
+for actqkv and infllm, R the representatives per block; 1/block_size for quest). The cache is write-back: a step's
+new keys and values are written into cached blocks, and a block is copied back to the pool only when it is evicted
+dirty. Copies run on a side stream on CUDA. A window's blocks are fetched in two groups (`fetch`): its local region
+first, then its sinks and retrieved blocks; the compute stream waits for each group only where it reads it, so the
+retrieved blocks' copies overlap the local attention. On the CPU both tiers are RAM (the same code path, used by the
+tests); without offload there is one tier and the pool is read directly.
 
 Only retrieval policies read through the cache: each window of a request needs its sinks, local region and
 retrieved blocks resident at once, which the cache must hold (checked at start-up against the engine's settings).
