@@ -141,7 +141,8 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     torch.manual_seed(0)
     q, reprs = torch.randn(1, 8, 16), torch.randn(30, 2, 16)   # 8 query heads over 2 KV heads
     state = SequenceKVState(KVConfig(policy="actqkv", per_head=per_head), 1, q.device)
-    got = actqkv_scores(q, unit_representatives(reprs[:, None], per_head), state, 0)   # one representative a block
+    units = unit_representatives(reprs[:, None], per_head)     # one representative per block
+    got = actqkv_scores(q, units, state, 0)
     expanded = reprs.repeat_interleave(4, dim=1)                 # [N, 8, 16]: each KV head's repr for its heads
     if per_head:
         expected = F.cosine_similarity(expanded.view(30, 2, 64), q[0].reshape(2, 64)[None], dim=-1)

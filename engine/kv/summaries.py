@@ -48,7 +48,7 @@ class SequenceSummaries:
         [nb, bs, Hkv, D], the attention their tokens received [nb, bs, Hkv], their first token's position.
         `per_head`: the unit representatives are normalised per KV head (ActQKV's per-head selection)."""
         values = {}
-        if "repr" in names or "repr_unit" in names:
+        if {"repr", "repr_unit"} & set(names):
             nb, bs, kv_heads, dim = keys.shape
             run = bs // repr_count
             pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
@@ -56,7 +56,7 @@ class SequenceSummaries:
             top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices  # [nb,R,r,Hkv]
             reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                     # [nb,R,Hkv,D]
             values["repr"], values["repr_unit"] = reprs, unit_representatives(reprs, per_head)
-        if "kmin" in names:
+        if {"kmin", "kmax"} & set(names):
             values["kmin"], values["kmax"] = keys.float().amin(1), keys.float().amax(1)
         self._append(layer, keys.shape[0], **{name: values[name] for name in names})
 
