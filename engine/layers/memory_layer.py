@@ -70,14 +70,15 @@ class MemoryLayer(torch.nn.Module):
             torch.nn.init.normal_(self.pre_proj.weight, std=1.0 / hidden ** 0.5)
             torch.nn.init.normal_(self.out_proj.weight, std=1.0 / cfg.value_dim ** 0.5)
 
-    def select(self, x: torch.Tensor, queries: torch.Tensor | None = None):
-        """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, m, C]. `queries`: the
-        query projection of x, if the caller has it."""
+    def select(self, x: torch.Tensor):
+        """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, m, C]."""
+        return self._select(self.query_proj(x), *self._derived()[:2])
+
+    def _select(self, queries: torch.Tensor, keys: torch.Tensor, core_for_cols: torch.Tensor):
+        """`select` from the tokens' query projections [T, H·2·k] and the first two of `_derived`."""
         cfg = self.cfg
-        T, H, n, m, r, C = x.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank, cfg.num_cores
-        queries = self.query_proj(x) if queries is None else queries
+        T, H, n, m, r, C = queries.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank, cfg.num_cores
         q = self.query_norm(queries.view(T, H * 2, cfg.key_dim)).transpose(0, 1)   # [H·2, T, k]
-        keys, core_for_cols, _ = self._derived()
         both = torch.bmm(q, keys)                        # [H·2, T, n·r + n]: sub-key scores, then pre-selection's
         pre_idx = both[..., n * r:].topk(m, dim=-1).indices                        # [H·2, T, m]
         picked = both[..., :n * r].view(H * 2, T, n, r).gather(2, pre_idx[..., None].expand(-1, -1, -1, r))
@@ -98,8 +99,8 @@ class MemoryLayer(torch.nn.Module):
         """Tensors derived from the weights: the normed sub-keys and, after them, the sub-keys contracted with
         the rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n·r + n] (rows then
         columns per head); the Tucker core as the weight that applies every core to a column at once: [C·r, r]; the
-        query and pre-value projections stacked (decode: one product). Without autograd they depend on the weights
-        only, so they are cached until a weight changes in place."""
+        query and pre-value projections stacked (decode: one product; None with autograd, where nothing reads it).
+        Without autograd they depend on the weights only, so they are cached until a weight changes in place."""
         weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core, self.query_proj.weight,
                    self.pre_proj.weight)
         version = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)   # moves and casts too
@@ -114,11 +115,12 @@ class MemoryLayer(torch.nn.Module):
             u, t = sign * u_mat[:, 0], sign * vh[0]
             preselect = torch.stack([normed[:, 0].transpose(-1, -2) @ u, normed[:, 1].transpose(-1, -2) @ t], 1)
             preselect = preselect.reshape(cfg.heads * 2, cfg.num_keys, cfg.key_dim).transpose(1, 2)
-        derived = (torch.cat([keys, preselect], dim=2), self.tucker_core.reshape(-1, cfg.tucker_rank),
-                   torch.cat([self.query_proj.weight, self.pre_proj.weight]))
-        if not torch.is_grad_enabled():
-            self._cached_version, self._cached = version, tuple(d.contiguous() for d in derived)
-        return derived
+        keys, core_for_cols = torch.cat([keys, preselect], dim=2), self.tucker_core.reshape(-1, cfg.tucker_rank)
+        if torch.is_grad_enabled():
+            return keys, core_for_cols, None
+        stacked = torch.cat([self.query_proj.weight, self.pre_proj.weight])
+        self._cached_version, self._cached = version, (keys.contiguous(), core_for_cols.contiguous(), stacked)
+        return self._cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training path (autograd through gathered rows). x [T, D] -> [T, D]."""
@@ -136,8 +138,9 @@ class MemoryLayer(torch.nn.Module):
         cfg = self.cfg
         T, rows, C = x.shape[0], cfg.heads * cfg.topk, cfg.num_cores
         split = cfg.heads * 2 * cfg.key_dim
-        projected = F.linear(x, self._derived()[2])                              # [T, H·2·k + p]: queries, pre-gate
-        idx, scores = self.select(x, projected[:, :split])
+        keys, core_for_cols, stacked = self._derived()
+        projected = F.linear(x, stacked)                                         # [T, H·2·k + p]: queries, pre-gate
+        idx, scores = self._select(projected[:, :split], keys, core_for_cols)
         gate = torch.bmm(F.embedding(idx.reshape(T, rows), self.tables.pre_values), projected[:, split:, None])
         weights = scores.reshape(T, rows, C) * gate                                 # [T, H·m, C]
         # V viewed as [rows*C, v/C]: row i's part c is row i*C + c, so each part is one contiguous row
