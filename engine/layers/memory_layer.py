@@ -12,9 +12,18 @@ There is no softmax. Decode reads only the H·m selected rows of V and PV (embed
 Value tables may be shared across layers: a layer reads row (idx + offset) mod table_rows.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+
+class Derived(NamedTuple):
+    """MemoryLayer._derived's tensors (see there)."""
+    keys: torch.Tensor
+    stacked: torch.Tensor | None
+    table_rows: int
+    core_offsets: torch.Tensor | None
 
 
 @dataclass
@@ -62,7 +71,7 @@ class MemoryLayer(torch.nn.Module):
             self.__dict__["tables"] = tables
         self.row_offset = row_offset
         self._cached_version, self._cached = None, None   # see _derived
-        self.rows_read = 0  # value rows gathered by the decode path since creation (a counter for metrics/tests)
+        self._rows_read = [0]   # a list: incrementing an int attribute would go through Module.__setattr__
         with torch.no_grad():
             for norm in (self.query_norm, self.key_norm):
                 norm.weight.fill_(1.0 / k ** 0.4)
@@ -72,54 +81,62 @@ class MemoryLayer(torch.nn.Module):
 
     def select(self, x: torch.Tensor):
         """Value rows and per-core scores for tokens x [T, D]: idx [T, H, m], scores [T, H, m, C]."""
-        return self._select(self.query_proj(x), *self._derived()[:2])
+        derived = self._derived()
+        return self._select(self.query_proj(x), derived.keys, derived.table_rows)
 
-    def _select(self, queries: torch.Tensor, keys: torch.Tensor, core_for_cols: torch.Tensor):
-        """`select` from the tokens' query projections [T, H·2·k] and the first two of `_derived`."""
+    def _select(self, queries: torch.Tensor, keys: torch.Tensor, table_rows: int):
+        """`select` from the tokens' query projections [T, H·2·k], `_derived`'s keys and the value tables' rows."""
         cfg = self.cfg
         T, H, n, m, r, C = queries.shape[0], cfg.heads, cfg.num_keys, cfg.topk, cfg.tucker_rank, cfg.num_cores
-        q = self.query_norm(queries.view(T, H * 2, cfg.key_dim)).transpose(0, 1)   # [H·2, T, k]
-        both = torch.bmm(q, keys)                        # [H·2, T, n·r + n]: sub-key scores, then pre-selection's
-        pre_idx = both[..., n * r:].topk(m, dim=-1).indices                        # [H·2, T, m]
-        picked = both[..., :n * r].view(H * 2, T, n, r).gather(2, pre_idx[..., None].expand(-1, -1, -1, r))
-        rows, cols = picked.view(H, 2, T * m, r).unbind(1)                        # [H, T·m, r] each
-        # grid[i, j, c] = rows_i · (core_c cols_j): one product per token for all cores
-        cols_by_core = F.linear(cols, core_for_cols).view(H * T, m * C, r)        # row j·C + c: core_c cols_j
+        norm = self.query_norm
+        q = F.layer_norm(queries.view(T, H * 2, cfg.key_dim), norm.normalized_shape, norm.weight, norm.bias,
+                         norm.eps).transpose(0, 1)                                 # [H·2, T, k]
+        both = torch.bmm(q, keys)                       # [H·2, T, n·C·r + n]: sub-key scores, then pre-selection's
+        pre_idx = both[..., n * C * r:].topk(m, dim=-1).indices                    # [H·2, T, m]
+        picked = both[..., :n * C * r].view(H * 2, T, n, C * r).gather(2, pre_idx[..., None].expand(-1, -1, -1, C * r))
+        picked = picked.view(H, 2, T * m, C * r)
+        # grid[i, j, c] = rows_i · (core_c cols_j); the column keys come with the cores applied (see _derived)
+        rows, cols_by_core = picked[:, 0, :, :r], picked[:, 1].reshape(H * T, m * C, r)   # row j·C + c: core_c cols_j
         grid = torch.bmm(rows.reshape(H * T, m, r), cols_by_core.transpose(1, 2)).view(H * T, m * m, C)
         sel = grid.sum(-1).topk(m, dim=-1).indices                                # [H·T, m]: cell i·m + j
         chosen_scores = grid.gather(1, sel[..., None].expand(-1, -1, C))          # [H·T, m, C]
-        pre_idx, sel = pre_idx.view(H, 2, T, m), sel.view(H, T, m)
-        idx = pre_idx[:, 0].gather(2, sel // m) * n + pre_idx[:, 1].gather(2, sel % m)
-        table_rows = self.tables.values.shape[0]
+        pre_idx = pre_idx.view(H, 2, T, m)
+        cells = (pre_idx[:, 0, :, :, None] * n + pre_idx[:, 1, :, None, :]).view(H, T, m * m)   # value row of i·m + j
+        idx = cells.gather(2, sel.view(H, T, m))
         if self.row_offset or table_rows < n * n:
             idx = (idx + self.row_offset) % table_rows
         return idx.transpose(0, 1), chosen_scores.view(H, T, m, C).transpose(0, 1)
 
     def _derived(self):
-        """Tensors derived from the weights: the normed sub-keys and, after them, the sub-keys contracted with
-        the rank-1 pre-selection vectors of the Tucker core (u for rows, t for columns): [H·2, k, n·r + n] (rows then
-        columns per head); the Tucker core as the weight that applies every core to a column at once: [C·r, r]; the
-        query and pre-value projections stacked (decode: one product; None with autograd, where nothing reads it).
-        Without autograd they depend on the weights only, so they are cached until a weight changes in place."""
+        """Tensors derived from the weights: the normed sub-keys, with each core applied to the column sub-keys,
+        and after them the sub-keys contracted with the rank-1 pre-selection vectors of the Tucker core (u for rows,
+        t for columns): [H·2, k, n·C·r + n]. Sub-key i's C·r columns hold, for rows, its r scores then zeros, and for
+        columns core_c applied to its scores for each c. Then the query and pre-value projections stacked (decode: one
+        product) and the offsets 0..C-1 (both None with autograd, where nothing reads them), and the value tables' row
+        count. Without autograd they depend on the weights only, so they are cached until a weight changes in place."""
         weights = (self.keys, self.key_norm.weight, self.key_norm.bias, self.tucker_core, self.query_proj.weight,
-                   self.pre_proj.weight)
+                   self.pre_proj.weight, self.tables.values)
         version = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)   # moves and casts too
         if not torch.is_grad_enabled() and self._cached_version == version:
             return self._cached
         cfg = self.cfg
+        H, n, k, r, C = cfg.heads, cfg.num_keys, cfg.key_dim, cfg.tucker_rank, cfg.num_cores
         normed = self.key_norm(self.keys.transpose(-1, -2))                      # [H, 2, n, r, k]
-        keys = normed.reshape(cfg.heads * 2, -1, cfg.key_dim).transpose(1, 2)
+        rows = torch.cat([normed[:, 0], normed.new_zeros(H, n, (C - 1) * r, k)], dim=2)        # [H, n, C·r, k]
+        cols = torch.einsum("cab,hnbk->hncak", self.tucker_core, normed[:, 1]).reshape(H, n, C * r, k)
+        keys = torch.stack([rows, cols], 1).reshape(H * 2, n * C * r, k).transpose(1, 2)
         with torch.no_grad():
             u_mat, _, vh = torch.linalg.svd(self.tucker_core.sum(0))
             sign = torch.where(u_mat[:, 0].sum() >= 0, 1.0, -1.0)  # SVD's sign is arbitrary; keep u positive
             u, t = sign * u_mat[:, 0], sign * vh[0]
             preselect = torch.stack([normed[:, 0].transpose(-1, -2) @ u, normed[:, 1].transpose(-1, -2) @ t], 1)
-            preselect = preselect.reshape(cfg.heads * 2, cfg.num_keys, cfg.key_dim).transpose(1, 2)
-        keys, core_for_cols = torch.cat([keys, preselect], dim=2), self.tucker_core.reshape(-1, cfg.tucker_rank)
+            preselect = preselect.reshape(H * 2, n, k).transpose(1, 2)
+        keys, table_rows = torch.cat([keys, preselect], dim=2), self.tables.values.shape[0]
         if torch.is_grad_enabled():
-            return keys, core_for_cols, None
+            return Derived(keys, None, table_rows, None)
         stacked = torch.cat([self.query_proj.weight, self.pre_proj.weight])
-        self._cached_version, self._cached = version, (keys.contiguous(), core_for_cols.contiguous(), stacked)
+        offsets = torch.arange(C, device=keys.device)
+        self._cached_version, self._cached = version, Derived(keys.contiguous(), stacked, table_rows, offsets)
         return self._cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,19 +151,26 @@ class MemoryLayer(torch.nn.Module):
 
     @torch.no_grad()
     def forward_decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference path: reads only the selected rows (embedding / embedding_bag). Same result as `forward`."""
+        """Inference path: reads only the selected rows (embedding / embedding_bag). Same result as `forward`.
+        Module calls and attribute writes are avoided: at one token their overhead is a sizeable part of the time."""
         cfg = self.cfg
         T, rows, C = x.shape[0], cfg.heads * cfg.topk, cfg.num_cores
         split = cfg.heads * 2 * cfg.key_dim
-        keys, core_for_cols, stacked = self._derived()
-        projected = F.linear(x, stacked)                                         # [T, H·2·k + p]: queries, pre-gate
-        idx, scores = self._select(projected[:, :split], keys, core_for_cols)
-        gate = torch.bmm(F.embedding(idx.reshape(T, rows), self.tables.pre_values), projected[:, split:, None])
+        derived = self._derived()
+        projected = F.linear(x, derived.stacked)                                 # [T, H·2·k + p]: queries, pre-gate
+        idx, scores = self._select(projected[:, :split], derived.keys, derived.table_rows)
+        tables = self.tables
+        gate = torch.bmm(F.embedding(idx.reshape(T, rows), tables.pre_values), projected[:, split:, None])
         weights = scores.reshape(T, rows, C) * gate                                 # [T, H·m, C]
         # V viewed as [rows*C, v/C]: row i's part c is row i*C + c, so each part is one contiguous row
-        parts = self.tables.values.view(-1, cfg.value_dim // C)
-        part_idx = idx.reshape(T, rows, 1) * C + torch.arange(C, device=x.device)  # [T, H·m, C]
+        parts = tables.values.view(-1, cfg.value_dim // C)
+        part_idx = idx.reshape(T, rows, 1) * C + derived.core_offsets             # [T, H·m, C]
         out = F.embedding_bag(part_idx.transpose(1, 2).reshape(T * C, rows), parts,
                               per_sample_weights=weights.transpose(1, 2).reshape(T * C, rows), mode="sum")
-        self.rows_read += idx.numel()
-        return self.out_proj(out.view(T, cfg.value_dim))
+        self._rows_read[0] += idx.numel()
+        return F.linear(out.view(T, cfg.value_dim), self.out_proj.weight)
+
+    @property
+    def rows_read(self) -> int:
+        """Value rows gathered by the decode path since creation (a counter for metrics and tests)."""
+        return self._rows_read[0]
