@@ -26,9 +26,13 @@ class TileCache:
     def __init__(self, capacity: int, block_size: int, head_dim: int, device: torch.device):
         self.capacity, self.tile_shape = capacity, (block_size, head_dim)
         self.k = self.v = None   # [capacity, block_size, head_dim] each, from the first window that needs a tile
-        self.slot_of = torch.full((0,), -1, dtype=torch.long, device=device)   # block·Hkv + head -> slot, or -1
-        self.owner = torch.full((capacity,), -1, dtype=torch.long, device=device)   # slot -> block·Hkv + head
-        self.last_used = torch.zeros(capacity, dtype=torch.long, device=device)   # step count; 0: never used
+        # block·Hkv + head -> slot, or -1; slot -> block·Hkv + head, or -1; slot -> step count last used (0: never).
+        # slot_of and last_used end in a spare entry: the writes for "no slot" (index -1) land there, which saves
+        # masking them out
+        self.slot_of = torch.full((1,), -1, dtype=torch.long, device=device)
+        self.owner = torch.full((capacity,), -1, dtype=torch.long, device=device)
+        self.last_used = torch.zeros(capacity + 1, dtype=torch.long, device=device)
+        self.head_offsets = torch.zeros(0, 1, dtype=torch.long, device=device)   # [Hkv, 1]: 0..Hkv-1
         self.clock = 0
         self.hits = self.misses = 0
 
@@ -39,25 +43,26 @@ class TileCache:
         kv_heads, nb = blocks.shape
         if kv_heads * nb > self.capacity:
             raise ValueError(f"a window needs {kv_heads * nb} tiles, the cache holds {self.capacity}")
-        if self.slot_of.shape[0] < num_blocks * kv_heads:   # the sequence grew: room for its new blocks
-            grown = torch.full((2 * num_blocks * kv_heads,), -1, dtype=torch.long, device=self.slot_of.device)
-            grown[:self.slot_of.shape[0]] = self.slot_of
+        if self.slot_of.shape[0] <= num_blocks * kv_heads:   # the sequence grew: room for its new blocks
+            grown = torch.full((2 * num_blocks * kv_heads + 1,), -1, dtype=torch.long, device=self.slot_of.device)
+            grown[:self.slot_of.shape[0] - 1] = self.slot_of[:-1]
             self.slot_of = grown
+        if self.head_offsets.shape[0] != kv_heads:
+            self.head_offsets = torch.arange(kv_heads, device=blocks.device)[:, None]
         self.clock += 1
-        keys = (blocks * kv_heads + torch.arange(kv_heads, device=blocks.device)[:, None]).flatten()
+        keys = (blocks * kv_heads + self.head_offsets).flatten()
         slots = self.slot_of[keys]
         missing = slots < 0
         count = int(missing.sum())
         self.misses += count
         self.hits += keys.shape[0] - count
-        self.last_used[slots[~missing] if count else slots] = self.clock   # hits are not evicted for misses
+        self.last_used[slots] = self.clock   # hits are not evicted for misses (misses write the spare entry)
         if count:
             if self.k is None:
                 self.k = torch.empty(self.capacity, *self.tile_shape, device=slots.device)
                 self.v = torch.empty_like(self.k)
-            free = self.last_used.topk(count, largest=False).indices
-            evicted = self.owner[free]
-            self.slot_of[evicted[evicted >= 0]] = -1
+            free = self.last_used[:-1].topk(count, largest=False).indices
+            self.slot_of[self.owner[free]] = -1   # the evicted tiles' (unowned slots write the spare entry)
             wanted = keys[missing]
             self.owner[free] = wanted
             self.slot_of[wanted] = free
