@@ -32,12 +32,12 @@ def actqkv_scores(q_global: torch.Tensor, units: torch.Tensor, state: SequenceKV
     `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling."""
     w, heads, dim = q_global.shape
     kv_heads = units.shape[2]
+    group = heads // kv_heads
     if prefilling or w > 1:
         weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
+        probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
     else:   # a decode query is its own probe; no window of several queries follows it, so no statistics either
-        weights = q_global.new_ones(1, dtype=torch.float32)
-    group = heads // kv_heads
-    probe = (weights[:, None, None] * q_global.float()).sum(0).view(kv_heads, group, dim)
+        probe = q_global[0].float().view(kv_heads, group, dim)
     scores = _cosine(probe, units, state.config.per_head)
     if state.question is not None and prefilling and state.config.question_weight > 0:   # as in ActQKV
         scores = scores + state.config.question_weight * _cosine(
