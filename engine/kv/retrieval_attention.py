@@ -36,6 +36,10 @@ TILE_CACHE = True          # CPU: read the sinks and retrieved blocks through a 
 # byte for small rows (128 B: 3x slower than 512 B), which is what the cache saves. Measured side by side at 32k:
 # head_dim 32 fp32 (128 B) decodes 1.14x faster with the cache; head_dim 64 fp32 (256 B) 0.91x (1.1B shape).
 TILE_MAX_ROW_BYTES = 128
+# The cache's size per KV head, in retrieved blocks per layer (besides the sinks): the blocks a request retrieves over
+# its recent steps are ~5-6x what one step retrieves. Demo model, 32k, 128 steps: misses per layer 8-26% with 3x,
+# 1-3.5% with 6x; decode 14.0 -> 11.9 ms per token (bench/RESULTS.md, session 18).
+TILE_CACHE_BLOCKS = 6
 
 
 @dataclass
@@ -194,7 +198,7 @@ def _tiles(item: RetrievalSlice, layer: int, k_flat: torch.Tensor, bs: int) -> T
     tiles = item.state.tiles[layer]
     if tiles is None:
         cfg, kv_heads = item.state.config, k_flat.shape[1]
-        capacity = kv_heads * (cfg.sink_tokens(bs) // bs + 3 * cfg.blocks_per_layer(bs))  # a window needs <= 2·k
+        capacity = kv_heads * (cfg.sink_tokens(bs) // bs + TILE_CACHE_BLOCKS * cfg.blocks_per_layer(bs))
         tiles = item.state.tiles[layer] = TileCache(capacity, bs, k_flat.shape[-1], k_flat.device)
     return tiles
 

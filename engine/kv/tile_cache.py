@@ -10,7 +10,7 @@ contiguous rows. Only the missing tiles are gathered from the pool and un-rotate
 
 CPU only: finding the missing tiles reads them on the host, a sync on CUDA (where the gathers are cheap anyway).
 Used for small rows only (engine.kv.retrieval_attention.TILE_MAX_ROW_BYTES): larger rows gather efficiently.
-Memory per request and layer: `capacity` tiles of keys and values, e.g. 4.4 MB on the demo model's shape, taken
+Memory per request and layer: `capacity` tiles of keys and values, e.g. 8.9 MB on the demo model's shape, taken
 at the first window that retrieves (a request shorter than its sinks and local window takes none).
 """
 from typing import Callable
