@@ -62,7 +62,7 @@ class TileCache:
                 self.k = torch.empty(self.capacity, *self.tile_shape, device=slots.device)
                 self.v = torch.empty_like(self.k)
             free = self.last_used[:-1].topk(count, largest=False).indices
-            self.slot_of[self.owner[free]] = -1   # the evicted tiles' (unowned slots write the spare entry)
+            self.slot_of[self.owner[free]] = -1   # forget the evicted tiles (a never-owned slot writes the spare)
             wanted = keys[missing]
             self.owner[free] = wanted
             self.slot_of[wanted] = free
