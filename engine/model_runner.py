@@ -28,6 +28,23 @@ from engine.scheduler import ScheduledSeq
 log = logging.getLogger("actserve")
 
 
+def retrieval_tables(state: SequenceKVState, block_table: list[int],
+                     block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A retrieval sequence's block ids and the cache slots of every token of its blocks, on the host. Kept on its
+    state and extended as the table grows (a table only grows while its state lives): rebuilt from the whole
+    table, they cost ~0.3 ms a decode step at 32k."""
+    count, last, block_ids, slots = state.host_tables or (0, None, None, None)
+    if count > len(block_table) or (count and block_table[count - 1] != last):   # not the table they came from
+        count = 0
+    if count < len(block_table):
+        new = torch.tensor(block_table[count:], dtype=torch.long)
+        new_slots = (new[:, None] * block_size + torch.arange(block_size)).flatten()
+        block_ids = new if count == 0 else torch.cat([block_ids, new])
+        slots = new_slots if count == 0 else torch.cat([slots, new_slots])
+        state.host_tables = (len(block_table), block_table[-1], block_ids, slots)
+    return block_ids, slots
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,14 +238,16 @@ class ModelRunner:
                     slots.append(self._slots(seq.block_table, start + n, start))
                     decode_in_place.append((row, context))
                     continue
-            all_slots = self._slots(seq.block_table, start + n)
-            slots.append(all_slots[start:])
             if state is not None:
-                retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev),
-                                                torch.tensor(seq.block_table, dtype=torch.long, device=dev), state,
+                block_ids, all_slots = retrieval_tables(state, seq.block_table, bs)
+                all_slots = all_slots[:start + n]
+                slots.append(all_slots[start:])
+                retrieval.append(RetrievalSlice(row, n, start, all_slots.to(dev), block_ids.to(dev), state,
                                                 prefilling=start < seq.num_prompt_tokens,
                                                 block_table=list(seq.block_table)))
                 continue
+            all_slots = self._slots(seq.block_table, start + n)
+            slots.append(all_slots[start:])
             # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
             if n == 1:
                 decode_rows.append(row)

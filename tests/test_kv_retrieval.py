@@ -164,6 +164,18 @@ def test_a_block_scores_as_its_best_representative():
     assert torch.allclose(infllm_scores(q, reprs), each.amax(1))
 
 
+def test_retrieval_tables_grow_with_the_block_table_and_are_rebuilt_for_another():
+    from engine.model_runner import retrieval_tables
+    state = SequenceKVState(KVConfig(policy="actqkv"), 1, torch.device("cpu"))
+    table = [7, 3]
+    ids, slots = retrieval_tables(state, table, 4)
+    assert ids.tolist() == [7, 3] and slots.tolist() == [28, 29, 30, 31, 12, 13, 14, 15]
+    table.append(9)                                                # the sequence grew: the tensors are extended
+    ids, slots = retrieval_tables(state, table, 4)
+    assert ids.tolist() == [7, 3, 9] and slots.tolist()[8:] == [36, 37, 38, 39]
+    assert retrieval_tables(state, [5], 4)[1].tolist() == [20, 21, 22, 23]   # not the cached table: rebuilt
+
+
 def test_representatives_average_the_most_attended_keys_of_each_run_of_the_block():
     from engine.kv.summaries import SequenceSummaries
     from engine.layers.rotary import unrotate_range

@@ -19,6 +19,7 @@ class SequenceKVState:
         self.question: list[torch.Tensor] | None = None   # per layer, the question vector [H, D] (engine.kv.question)
         self.tiles: list = [None] * num_layers      # per layer, its TileCache (CPU; engine.kv.tile_cache)
         self.reused: list = [None] * num_layers     # per layer, the decode selection kept for reuse (reselect_every)
+        self.host_tables = None   # the model runner's (block count, last block, block ids, slots) of the sequence
 
     def reusable_selection(self, layer: int, last: int, decoding: bool):
         """The layer's kept selection if a decode step may use it: fewer than `reselect_every` steps old and chosen
