@@ -134,6 +134,11 @@ def test_budget_arithmetic():
     assert KVConfig(policy="streaming").blocks_per_layer(32) == 0
 
 
+def feature_major(reprs: torch.Tensor) -> torch.Tensor:
+    """[N, R, Hkv, D] <-> [Hkv, D, N, R]: the layout the summaries keep representatives in, and back."""
+    return reprs.permute(2, 3, 0, 1)
+
+
 @pytest.mark.parametrize("per_head", [False, True])
 def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_head):
     from engine.kv.policies import actqkv_scores
@@ -142,7 +147,7 @@ def test_actqkv_scores_are_cosines_against_group_repeated_representatives(per_he
     q, reprs = torch.randn(1, 8, 16), torch.randn(30, 2, 16)   # 8 query heads over 2 KV heads
     state = SequenceKVState(KVConfig(policy="actqkv", per_head=per_head), 1, q.device)
     units = unit_representatives(reprs[:, None], per_head)     # one representative per block
-    got = actqkv_scores(q, units, state, 0)
+    got = actqkv_scores(q, feature_major(units), state, 0)
     expanded = reprs.repeat_interleave(4, dim=1)                 # [N, 8, 16]: each KV head's repr for its heads
     if per_head:
         expected = F.cosine_similarity(expanded.view(30, 2, 64), q[0].reshape(2, 64)[None], dim=-1)
@@ -156,11 +161,11 @@ def test_a_block_scores_as_its_best_representative():
     from engine.kv.summaries import unit_representatives
     torch.manual_seed(0)
     q, reprs = torch.randn(3, 8, 16), torch.randn(30, 4, 2, 16)   # 4 representatives per block
-    units = unit_representatives(reprs, per_head=False)
+    units, reprs = feature_major(unit_representatives(reprs, per_head=False)), feature_major(reprs)
     state = lambda: SequenceKVState(KVConfig(policy="actqkv", warmup=10**6), 1, q.device)
-    each = torch.stack([actqkv_scores(q, units[:, r:r + 1], state(), 0) for r in range(4)], 1)
+    each = torch.stack([actqkv_scores(q, units[..., r:r + 1], state(), 0) for r in range(4)], 1)
     assert torch.allclose(actqkv_scores(q, units, state(), 0), each.amax(1))
-    each = torch.stack([infllm_scores(q, reprs[:, r:r + 1]) for r in range(4)], 1)
+    each = torch.stack([infllm_scores(q, reprs[..., r:r + 1]) for r in range(4)], 1)
     assert torch.allclose(infllm_scores(q, reprs), each.amax(1))
 
 
@@ -185,7 +190,7 @@ def test_representatives_average_the_most_attended_keys_of_each_run_of_the_block
     summaries = SequenceSummaries(1)
     rotary = RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 64)
     summaries.summarize(0, keys, 0, received, rotary, repr_topk=2, repr_count=2)
-    reprs = summaries.get("repr", 0, 0, 2)
+    reprs = feature_major(summaries.get("repr", 0, 0, 2))
     assert reprs.shape == (2, 2, 1, 16)
     pre = unrotate_range(keys.flatten(0, 1), 0, rotary).view(2, 2, 4, 1, 16)   # blocks, runs, tokens, head, dim
     for b in range(2):
@@ -202,7 +207,7 @@ def test_stored_unit_representatives_are_the_representatives_at_unit_norm(per_he
     summaries = SequenceSummaries(1)
     summaries.summarize(0, keys, 0, received, RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 64),
                         repr_topk=2, repr_count=2, per_head=per_head)
-    reprs, units = summaries.get("repr", 0, 0, 5), summaries.get("repr_unit", 0, 0, 5)
+    reprs, units = (feature_major(summaries.get(name, 0, 0, 5)) for name in ("repr", "repr_unit"))
     if not per_head:   # one vector per representative: the KV heads concatenated
         units, reprs = units.flatten(-2), reprs.flatten(-2)
     assert torch.allclose(units.norm(dim=-1), torch.ones(units.shape[:-1]), atol=1e-6)
@@ -240,7 +245,7 @@ def test_question_term_adds_weighted_cosine_while_prefilling_only():
     asked = SequenceKVState(KVConfig(policy="actqkv", warmup=10**6, question_weight=4.0, per_head=False), 1,
                             reprs.device)
     asked.question = [question]
-    units = unit_representatives(reprs, per_head=False)
+    units = feature_major(unit_representatives(reprs, per_head=False))
     term = F.cosine_similarity(reprs[:, 0].repeat_interleave(4, dim=1).flatten(1), question.flatten()[None], dim=-1)
     gain = actqkv_scores(window, units, asked, 0, prefilling=True) - actqkv_scores(window, units, plain, 0, True)
     assert (gain - 4 * term).abs().max() < 1e-5

@@ -10,9 +10,9 @@ from engine.kv.state import SequenceKVState
 
 def infllm_scores(q_global: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
     """Probe = mean query of the window; score = max over a block's representatives of Σ_heads probe_h · repr_{kv(h)}.
-    q [w, H, D], reprs [N, R, Hkv, D]."""
+    q [w, H, D], reprs [Hkv, D, N, R] (feature-major, engine.kv.summaries)."""
     probe = q_global.float().mean(0)
-    kv_heads = reprs.shape[2]
+    kv_heads = reprs.shape[0]
     return _summed_dots(probe.view(kv_heads, -1, probe.shape[-1]).sum(1), reprs).amax(1)
 
 
@@ -28,10 +28,10 @@ def quest_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> tor
 def actqkv_scores(q_global: torch.Tensor, units: torch.Tensor, state: SequenceKVState, layer: int,
                   prefilling: bool = False) -> torch.Tensor:
     """Cosine between the activation-bias-weighted probe and each block's best representative (heads concatenated;
-    `units` [N, R, Hkv, D]: the representatives at unit norm, engine.kv.summaries.unit_representatives); with
+    `units` [Hkv, D, N, R]: the representatives at unit norm, engine.kv.summaries.unit_representatives); with
     `per_head`, one column of scores per KV head: [N, Hkv]. Plus the question term while prefilling."""
     w, heads, dim = q_global.shape
-    kv_heads = units.shape[2]
+    kv_heads = units.shape[0]
     group = heads // kv_heads
     if prefilling or w > 1:
         weights = actqkv.probe_weights(q_global.reshape(w, -1), state.stats[layer], state.config.warmup)
@@ -46,26 +46,24 @@ def actqkv_scores(q_global: torch.Tensor, units: torch.Tensor, state: SequenceKV
 
 
 def _cosine(probe: torch.Tensor, units: torch.Tensor, per_head: bool) -> torch.Tensor:
-    """Cosine between probe [Hkv, g, D] (heads concatenated) and each unit representative [N, R, Hkv, D] repeated
+    """Cosine between probe [Hkv, g, D] (heads concatenated) and each unit representative ([Hkv, D, N, R]) repeated
     over its query-head group, without materialising the repeat: <probe, rep(u)> = Σ_kv <Σ_g probe_kv,g, u_kv> and
     |rep(u)| = √g. The best of a block's R. One score per block [N], or per KV head [N, Hkv]."""
     probe = probe.float()
     scale = probe.shape[1] ** 0.5
     summed = probe.sum(1)                                                        # [Hkv, D]
-    if per_head:   # one product with a block-diagonal [Hkv·D, Hkv]: column k is head k's probe
+    if per_head:   # one batched product: head k's probe against head k's representatives
         heads = summed / (probe.pow(2).sum(dim=(1, 2)).sqrt()[:, None] * scale).clamp(min=1e-8)
-        n, r = units.shape[:2]
-        weight = torch.block_diag(*heads[:, :, None])
-        return (units.reshape(n * r, -1) @ weight).view(n, r, -1).amax(1)
+        kv_heads, dim, n, r = units.shape
+        return torch.bmm(heads[:, None], units.reshape(kv_heads, dim, n * r)).view(kv_heads, n, r).amax(-1).T
     return _summed_dots(summed, units).amax(1) / (probe.norm() * scale).clamp(min=1e-8)
 
 
 def _summed_dots(probe: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
-    """Σ_kv <probe_kv, r_kv> for probe [Hkv, D] and each representative of reprs [N, R, Hkv, D]: [N, R]. One
-    matrix-vector product over the contiguous rows: on the CPU 2-3x faster than the einsum, which first copies
-    the representatives into a head-major layout."""
-    n, r = reprs.shape[:2]
-    return torch.mv(reprs.reshape(n * r, -1), probe.flatten()).view(n, r)
+    """Σ_kv <probe_kv, r_kv> for probe [Hkv, D] and each representative of reprs [Hkv, D, N, R]: [N, R]. One
+    matrix-vector product with the representatives as the columns of a [Hkv·D, N·R] matrix."""
+    kv_heads, dim, n, r = reprs.shape
+    return torch.mv(reprs.reshape(kv_heads * dim, n * r).t(), probe.flatten()).view(n, r)
 
 
 def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState, layer: int,

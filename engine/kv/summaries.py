@@ -10,12 +10,15 @@
     representative;
   - `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
   A request keeps only those its policy reads (`POLICY_SUMMARIES`). Kept in logical order, a step reads its candidate
-  blocks as one slice rather than gathering them by physical id.
+  blocks as one slice rather than gathering them by physical id. The representatives are kept feature-major,
+  [Hkv, D, blocks, R] (`FEATURE_MAJOR`): the scores are then one product over a column-major matrix, which the CPU's
+  BLAS runs ~2x faster than over the same matrix row-major (demo shape, 32k: ~330 against ~570 µs a layer).
 """
 import torch
 
 from engine.layers.rotary import RotaryEmbedding, unrotate_range
 
+FEATURE_MAJOR = ("repr", "repr_unit")   # stored [Hkv, D, blocks, R]; the others [blocks, ...]
 POLICY_SUMMARIES = {"full": (), "streaming": (), "quest": ("kmin", "kmax"), "infllm": ("repr",),
                     "actqkv": ("repr_unit",)}
 
@@ -38,7 +41,9 @@ class SequenceSummaries:
         self.fields: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]   # name -> [capacity, ...]
 
     def get(self, name: str, layer: int, first: int, last: int) -> torch.Tensor:
-        """Summary `name` of logical blocks first..last-1 of `layer` (a view)."""
+        """Summary `name` of logical blocks first..last-1 of `layer` (a view; [Hkv, D, nb, R] for FEATURE_MAJOR)."""
+        if name in FEATURE_MAJOR:
+            return self.fields[layer][name][:, :, first:last]
         return self.fields[layer][name][first:last]
 
     def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
@@ -65,11 +70,16 @@ class SequenceSummaries:
         end = start + count
         store = self.fields[layer]
         for name, value in values.items():
+            if name in FEATURE_MAJOR:   # [count, R, Hkv, D] -> [Hkv, D, count, R]: blocks along dim 2
+                value = value.permute(2, 3, 0, 1)
+            axis = 2 if name in FEATURE_MAJOR else 0
             buffer = store.get(name)
-            if buffer is None or buffer.shape[0] < end:   # grow geometrically
-                grown = value.new_empty((max(end, 64, 2 * start), *value.shape[1:]))
+            if buffer is None or buffer.shape[axis] < end:   # grow geometrically
+                shape = list(value.shape)
+                shape[axis] = max(end, 64, 2 * start)
+                grown = value.new_empty(shape)
                 if buffer is not None:
-                    grown[:start] = buffer[:start]
+                    grown.narrow(axis, 0, start).copy_(buffer.narrow(axis, 0, start))
                 store[name] = buffer = grown
-            buffer[start:end] = value
+            buffer.narrow(axis, start, count).copy_(value)
         self.length[layer] = end
