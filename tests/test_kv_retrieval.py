@@ -123,6 +123,7 @@ def test_entropy_allocation_moves_blocks_to_flat_layers():
     densities = torch.tensor([d_peaked.item(), 1.0, 1.0, 1.0])
     ks = [actqkv.allocate_blocks(densities, i, 10) for i in range(4)]
     assert ks[0] < 10 < ks[1] and all(5 <= k <= 20 for k in ks)
+    assert [actqkv.allocate_blocks(densities, i, 10, host=True) for i in range(4)] == [int(k) for k in ks]
     # without a temperature (tau = 1) the cosine scores look flat: the defect of the released code
     assert actqkv.normalized_entropy(peaked, 1.0) > 0.99
 

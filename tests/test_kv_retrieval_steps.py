@@ -44,12 +44,12 @@ def one_sequence(kv: KVConfig, n: int, prompt: int, pool: int, seed: int, after_
 def test_static_selection_with_mask_equals_sliced_selection(monkeypatch, positions, per_head, cutoff):
     """The device path (static top-2k blocks, the dynamic count applied as a mask: no host sync) attends exactly
     the blocks the CPU path slices out."""
-    from engine.kv import retrieval_attention as ra
+    from engine.kv import policies
     kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions=positions, per_head=per_head,
                   cutoff=cutoff, warmup=32)
     outputs, counts = [], []
     for static in (False, True):
-        monkeypatch.setattr(ra, "STATIC_SELECTION", static)
+        monkeypatch.setattr(policies, "STATIC_SELECTION", static)
         out, state = one_sequence(kv, n=400, prompt=399, pool=32, seed=0)
         outputs.append(out)
         counts.append(int(state.blocks_selected[0]))

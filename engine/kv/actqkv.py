@@ -57,9 +57,14 @@ def normalized_entropy(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.special.entr(torch.softmax(scores / tau, dim=-1)).sum(-1) / math.log(n)
 
 
-def allocate_blocks(densities: torch.Tensor, layer: int, mean_k: int) -> torch.Tensor:
-    """Blocks for `layer` (a 0-dim tensor on the scores' device: no host sync): the layers' total (mean_k per
-    layer) split in proportion to their information density, clamped to [mean_k/2, 2·mean_k]."""
+def allocate_blocks(densities: torch.Tensor, layer: int, mean_k: int, host: bool = False) -> torch.Tensor | int:
+    """Blocks for `layer`: the layers' total (mean_k per layer) split in proportion to their information density,
+    clamped to [mean_k/2, 2·mean_k]. A 0-dim tensor on the densities' device (no host sync), or with `host` an int
+    computed on the host (the CPU: there a sync is free, and the dozen 0-dim tensor ops cost ~40 µs)."""
+    if host:
+        values = densities.tolist()
+        share = values[layer] / max(sum(values), 1e-12)
+        return min(max(round(share * mean_k * len(values)), math.ceil(mean_k / 2)), 2 * mean_k)
     share = densities[layer] / densities.sum().clamp(min=1e-12)
     k = torch.round(share * mean_k * densities.shape[0]).clamp(math.ceil(mean_k / 2), 2 * mean_k)
     return k.long()

@@ -7,6 +7,8 @@ from engine.kv import actqkv
 from engine.kv.config import KVConfig
 from engine.kv.state import SequenceKVState
 
+STATIC_SELECTION = False   # tests: keep the device path's static top-(2k) and count tensor on the CPU too
+
 
 def infllm_scores(q_global: torch.Tensor, reprs: torch.Tensor) -> torch.Tensor:
     """Probe = mean query of the window; score = max over a block's representatives of Σ_heads probe_h · repr_{kv(h)}.
@@ -70,7 +72,8 @@ def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState
                   mean_k: int) -> tuple[torch.Tensor, torch.Tensor | int]:
     """The blocks to attend, as (indices into the candidates in descending score order, count): the first `count`
     indices are chosen. With ActQKV's dynamic cut-off, count is a 0-dim device tensor and the indices are a static
-    top-(2·mean_k), so the step needs no host sync; otherwise count is mean_k. Per-head scores [N, Hkv] give
+    top-(2·mean_k), so the step needs no host sync (on the CPU the entropy cut-off's count is an int: a sync is free
+    there); otherwise count is mean_k. Per-head scores [N, Hkv] give
     indices [K, Hkv]."""
     n = scores.shape[0]
     if config.policy != "actqkv":
@@ -78,8 +81,9 @@ def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState
     flat = scores if scores.dim() == 1 else scores.mean(-1)
     density = actqkv.normalized_entropy(flat, config.tau)
     if config.cutoff == "entropy":
-        k = actqkv.allocate_blocks(state.density, layer, mean_k)
+        host = scores.device.type == "cpu" and not STATIC_SELECTION
+        k = actqkv.allocate_blocks(state.density, layer, mean_k, host)
     else:
         k = actqkv.top_p_blocks(flat, config.tau, config.top_p, mean_k)
     state.density[layer] = 0.9 * state.density[layer] + 0.1 * density
-    return scores.topk(min(2 * mean_k, n), dim=0).indices, k.clamp(max=n)
+    return scores.topk(min(2 * mean_k, n), dim=0).indices, min(k, n) if isinstance(k, int) else k.clamp(max=n)

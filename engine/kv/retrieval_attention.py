@@ -30,7 +30,6 @@ from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, un
 
 
 REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
-STATIC_SELECTION = False   # tests: keep the device path's static top-(2k) + mask on the CPU too
 TILE_CACHE = True          # CPU: read the sinks and retrieved blocks through a TileCache (tests compare without)
 # ... where a KV head's row in the pool is this small or smaller. Gathering one head's rows from the pool is slow per
 # byte for small rows (128 B: 3x slower than 512 B), which is what the cache saves. Measured side by side at 32k:
@@ -152,7 +151,7 @@ def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
         item.state.blocks_selected[layer] = count
         ids = host[:count * (chosen.shape[1] if chosen.dim() == 2 else 1)]
         return chosen[:count] + first, None, [item.host_table()[first + i] for i in ids]
-    if isinstance(count, int) or (chosen.device.type == "cpu" and not STATIC_SELECTION):
+    if isinstance(count, int) or (chosen.device.type == "cpu" and not policies.STATIC_SELECTION):
         count = int(count)   # free on the CPU
         item.state.blocks_selected[layer] = count
         return chosen[:count] + first, None, None
