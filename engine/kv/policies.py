@@ -73,8 +73,7 @@ def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState
     """The blocks to attend, as (indices into the candidates in descending score order, count): the first `count`
     indices are chosen. With ActQKV's dynamic cut-off, count is a 0-dim device tensor and the indices are a static
     top-(2·mean_k), so the step needs no host sync (on the CPU the entropy cut-off's count is an int: a sync is free
-    there); otherwise count is mean_k. Per-head scores [N, Hkv] give
-    indices [K, Hkv]."""
+    there); otherwise count is mean_k. Per-head scores [N, Hkv] give indices [K, Hkv]."""
     n = scores.shape[0]
     if config.policy != "actqkv":
         return scores.topk(min(mean_k, n), dim=0).indices, min(mean_k, n)

@@ -3,12 +3,12 @@
 - `received_attention` (one per KV pool): per cached token and KV head, the attention it has received from
   local-window queries so far.
 - `SequenceSummaries` (one per request), per layer and logical block, appended as blocks leave the local window:
-  - `repr` [blocks, R, Hkv, D]: the representative keys (pre-RoPE): the block is cut into `repr_count` (R) runs of
-    tokens, and each run's representative is, per KV head, the mean of its `repr_topk` keys that received the most
-    attention while they were in the local window (InfLLM; R = 1: one per block); `repr_unit`: the same scaled to
+  - `repr`: the representative keys (pre-RoPE), R per block and KV head: the block is cut into `repr_count` (R)
+    runs of tokens, and each run's representative is, per KV head, the mean of its `repr_topk` keys that received the
+    most attention while they were in the local window (InfLLM; R = 1: one per block); `repr_unit`: the same scaled to
     unit norm (ActQKV, which scores by cosine; see `unit_representatives`). A block scores as its best
     representative;
-  - `kmin`, `kmax`: channel-wise min and max of the block's keys as cached (Quest).
+  - `kmin`, `kmax` [blocks, Hkv, D]: channel-wise min and max of the block's keys as cached (Quest).
   A request keeps only those its policy reads (`POLICY_SUMMARIES`). Kept in logical order, a step reads its candidate
   blocks as one slice rather than gathering them by physical id. The representatives are kept feature-major,
   [Hkv, D, blocks, R] (`FEATURE_MAJOR`): the scores are then one product over a column-major matrix, which the CPU's
@@ -38,7 +38,7 @@ def unit_representatives(reprs: torch.Tensor, per_head: bool) -> torch.Tensor:
 class SequenceSummaries:
     def __init__(self, num_layers: int):
         self.length = [0] * num_layers
-        self.fields: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]   # name -> [capacity, ...]
+        self.fields: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]   # name -> buffer
 
     def get(self, name: str, layer: int, first: int, last: int) -> torch.Tensor:
         """Summary `name` of logical blocks first..last-1 of `layer` (a view; [Hkv, D, nb, R] for FEATURE_MAJOR)."""
