@@ -28,6 +28,13 @@ from engine.scheduler import ScheduledSeq
 log = logging.getLogger("actserve")
 
 
+def token_slots(block_table: list[int], block_size: int, num_tokens: int, start: int = 0) -> torch.Tensor:
+    """Cache slots of the tokens at positions start .. num_tokens - 1."""
+    bs, first = block_size, start // block_size
+    blocks = torch.tensor(block_table[first:-(-num_tokens // bs)], dtype=torch.long)
+    return (blocks[:, None] * bs + torch.arange(bs)).flatten()[start - first * bs:num_tokens - first * bs]
+
+
 def retrieval_tables(state: SequenceKVState, block_table: list[int],
                      block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A retrieval sequence's block ids and the cache slots of every token of its blocks, on the host. Kept on its
@@ -38,7 +45,7 @@ def retrieval_tables(state: SequenceKVState, block_table: list[int],
         count = 0
     if count < len(block_table):
         new = torch.tensor(block_table[count:], dtype=torch.long)
-        new_slots = (new[:, None] * block_size + torch.arange(block_size)).flatten()
+        new_slots = token_slots(block_table, block_size, len(block_table) * block_size, count * block_size)
         block_ids = new if count == 0 else torch.cat([block_ids, new])
         slots = new_slots if count == 0 else torch.cat([slots, new_slots])
         state.host_tables = (len(block_table), block_table[-1], block_ids, slots)
@@ -235,7 +242,7 @@ class ModelRunner:
             if n == 1 and state is None and on_cpu and whole_context:
                 context = context_runs(seq.block_table, start + 1, bs)
                 if context is not None:   # read in place: the context's slots are not needed
-                    slots.append(self._slots(seq.block_table, start + n, start))
+                    slots.append(token_slots(seq.block_table, bs, start + n, start))
                     decode_in_place.append((row, context))
                     continue
             if state is not None:
@@ -246,7 +253,7 @@ class ModelRunner:
                                                 prefilling=start < seq.num_prompt_tokens,
                                                 block_table=list(seq.block_table)))
                 continue
-            all_slots = self._slots(seq.block_table, start + n)
+            all_slots = token_slots(seq.block_table, bs, start + n)
             slots.append(all_slots[start:])
             # without a mask: causal over every cached key; on the CPU as [context | chunk] pieces, not a mask
             if n == 1:
@@ -272,12 +279,6 @@ class ModelRunner:
             gather_buffers=self.gather_buffers)
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                 meta, torch.tensor(sample_rows, dtype=torch.long, device=dev))
-
-    def _slots(self, block_table: list[int], num_tokens: int, start: int = 0) -> torch.Tensor:
-        """Cache slots of the tokens at positions start .. num_tokens - 1."""
-        bs, first = self.block_size, start // self.block_size
-        blocks = torch.tensor(block_table[first:-(-num_tokens // bs)], dtype=torch.long)
-        return (blocks[:, None] * bs + torch.arange(bs)).flatten()[start - first * bs:num_tokens - first * bs]
 
     def _decode_tensors(self, slots: list[torch.Tensor], lens: list[int], window: int | None) -> dict:
         longest = max(lens, default=0)
