@@ -58,11 +58,11 @@ def decode_sparsity(llm: LLM, prompts: list[str], tokens: int) -> dict:
     model = llm.engine.runner.model
     zeros, counts, hooks = defaultdict(int), defaultdict(int), []
     for i, layer in enumerate(model.model.layers):
-        def hook(module, inputs, output, i=i):
-            if output.shape[0] == 1:  # a decode step of one sequence
-                zeros[i] += int((output <= 0).sum())
-                counts[i] += output.numel()
-        hooks.append(layer.mlp.gate_proj.register_forward_hook(hook))
+        def hook(module, inputs, i=i):   # down's input act(gate) * up: zero where ReLU cut the gate
+            if inputs[0].shape[0] == 1:  # a decode step of one sequence
+                zeros[i] += int((inputs[0] == 0).sum())
+                counts[i] += inputs[0].numel()
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook))
     memories = [layer.memory for layer in model.model.layers if getattr(layer, "memory", None) is not None]
     rows_before = [m.rows_read for m in memories]
     decoded = 0

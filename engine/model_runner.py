@@ -72,6 +72,7 @@ class ModelRunner:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         self.model = load_model(config.model, self.dtype, self.device)
+        self.model.prepare_for_inference()
         self.block_size = config.block_size
         self.num_blocks = config.num_kv_blocks or max(1, config.kv_cache_memory // self.bytes_per_block())
         shape = (self.num_blocks, self.block_size, model_config.num_key_value_heads, model_config.head_dim)

@@ -200,6 +200,23 @@ def test_representatives_average_the_most_attended_keys_of_each_run_of_the_block
             assert torch.allclose(reprs[b, run, 0], pre[b, run, top, 0].mean(0), atol=1e-6)
 
 
+def test_runs_no_longer_than_repr_topk_average_every_key_without_the_attention_received():
+    """The defaults (runs of 4 tokens, repr_topk 8): the attention received is neither recorded nor read, and the
+    representatives are what averaging the most attended keys gives."""
+    from engine.kv.summaries import SequenceSummaries
+    assert not KVConfig(policy="actqkv").needs_received(32) and not KVConfig(policy="infllm").needs_received(16)
+    assert KVConfig(policy="actqkv", repr_count=2).needs_received(32) and not KVConfig().needs_received(32)
+    torch.manual_seed(0)
+    keys, received = torch.randn(3, 8, 2, 16), torch.rand(3, 8, 2)
+    rotary = RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 64)
+    reprs = []
+    for attention in (received, None):
+        summaries = SequenceSummaries(1)
+        summaries.summarize(0, keys, 0, attention, rotary, repr_topk=4, repr_count=2)
+        reprs.append(summaries.get("repr", 0, 0, 3))
+    assert torch.allclose(reprs[0], reprs[1], atol=1e-6)
+
+
 @pytest.mark.parametrize("per_head", [False, True])
 def test_stored_unit_representatives_are_the_representatives_at_unit_norm(per_head):
     from engine.kv.summaries import SequenceSummaries

@@ -79,6 +79,29 @@ def test_tile_cache_attends_exactly_what_the_pool_gathers(monkeypatch, positions
     assert tiles.hits > tiles.misses > 0
 
 
+def test_local_keys_record_the_attention_they_receive():
+    """Where a run of tokens is longer than repr_topk, each local key records the attention it receives, per KV
+    head, summed over the queries and the query heads of its group (a prefill of two windows, every key local)."""
+    torch.manual_seed(4)
+    bs, n, heads, kv_heads, dim = 16, 48, 4, 2, 16
+    kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, repr_count=1, repr_topk=4)
+    assert kv.needs_received(bs)
+    slots = torch.randperm(8 * bs)[:n]
+    k_flat, v_flat = torch.randn(8 * bs, kv_heads, dim), torch.randn(8 * bs, kv_heads, dim)
+    q = torch.randn(n, heads, dim)
+    ctx = RetrievalContext(received_attention(1, 8 * bs, kv_heads, q.device),
+                           RotaryEmbedding(ModelConfig.from_dict(TINY_CONFIG), 256), bs)
+    ctx.received[0].fill_(7.0)   # left from an earlier sequence in these slots: cleared
+    state = SequenceKVState(kv, 1, q.device)
+    retrieval_attention(q, k_flat, v_flat, RetrievalSlice(0, n, 0, slots, torch.arange(3), state), 0, ctx,
+                        dim ** -0.5)
+    keys = k_flat[slots].repeat_interleave(heads // kv_heads, dim=1)                          # [n, H, D]
+    scores = torch.einsum("qhd,khd->hqk", q, keys) * dim ** -0.5
+    probs = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    expected = probs.sum(1).view(kv_heads, heads // kv_heads, n).sum(1).T                    # [n, Hkv]
+    assert torch.allclose(ctx.received[0][slots], expected, atol=1e-5)
+
+
 def test_tile_cache_is_not_used_for_rows_larger_than_its_limit(monkeypatch):
     from engine.kv import retrieval_attention as ra
     kv = KVConfig(policy="actqkv", budget=160, sink=16, local=64, window=32, positions="bounded", warmup=32)

@@ -6,6 +6,7 @@ from engine.sampling_params import SamplingParamsError
 
 POLICIES = ("full", "streaming", "infllm", "quest", "actqkv")
 POSITIONS = ("original", "bounded", "compressed")
+REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class KVConfig:
     def representatives(self, block_size: int) -> int:
         """Representatives per block: the gcd of repr_count and the block size (repr_count when it divides it)."""
         return math.gcd(self.repr_count, block_size)
+
+    def needs_received(self, block_size: int) -> bool:
+        """Whether the representatives depend on the attention the keys received: not where each run of tokens is
+        no longer than `repr_topk` (the defaults: runs of 4), whose keys are then all averaged."""
+        runs = self.representatives(block_size)
+        return self.policy in REPRESENTATIVE_POLICIES and self.repr_topk < block_size // runs
 
     def sink_tokens(self, block_size: int) -> int:
         """Sink tokens rounded up to whole blocks."""

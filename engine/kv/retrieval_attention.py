@@ -13,7 +13,8 @@ region, so it is exact attention.
 
 A window's attention is computed as flash-attention pieces (global keys; local keys before the window; the window
 itself, causal) merged by their log-sum-exp, so no score matrix is materialised except for the local keys of the
-policies that need the attention those keys receive (infllm, actqkv: it picks the block representatives).
+policies that need the attention those keys receive (infllm, actqkv: it picks the block representatives, where a
+run of tokens has more keys than are averaged; KVConfig.needs_received).
 """
 from dataclasses import dataclass
 
@@ -29,7 +30,6 @@ from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
 from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, unrotate_range
 
 
-REPRESENTATIVE_POLICIES = ("infllm", "actqkv")   # the policies that score blocks by representative keys
 TILE_CACHE = True          # CPU: read the sinks and retrieved blocks through a TileCache (tests compare without)
 # ... where a KV head's row in the pool is this small or smaller. Gathering one head's rows from the pool is slow per
 # byte for small rows (128 B: 3x slower than 512 B), which is what the cache saves. Measured side by side at 32k:
@@ -76,7 +76,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     tier = ctx.tiers[layer] if ctx.tiers is not None else None
     if tier is not None:
         k_flat, v_flat = tier.k_flat, tier.v_flat
-    ctx.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
+    record = cfg.needs_received(bs)   # the attention that local keys receive picks the representatives
+    if record:
+        ctx.received[layer].index_fill_(0, item.slots[item.ctx_start:], 0.0)   # not `[idx] = 0.0`: a host copy
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
     tiles = None if tier is not None else _tiles(item, layer, k_flat, bs)
@@ -121,7 +123,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         out[rows] = _attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
                             local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
-                            positions_mode=cfg.positions, record_received=cfg.policy in REPRESENTATIVE_POLICIES,
+                            positions_mode=cfg.positions, record_received=record,
                             ready=ready, tiles=tiles, block_ids=item.block_ids)
         attended_global = (global_blocks.shape[-1] * bs if block_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
@@ -330,7 +332,7 @@ def _finalize(item: RetrievalSlice, layer: int, ctx: RetrievalContext, k_flat, u
         tier.resident(item.host_table()[done:upto])
     read = physical if tier is None else tier.where[physical]
     keys = k_flat.view(-1, bs, *k_flat.shape[1:])[read]
-    received = ctx.received[layer].view(-1, bs, keys.shape[2])[physical]
+    received = ctx.received[layer].view(-1, bs, keys.shape[2])[physical] if cfg.needs_received(bs) else None
     item.state.summaries.summarize(layer, keys, done * bs, received, ctx.rotary, cfg.repr_topk,
                                    cfg.representatives(bs), cfg.per_head, POLICY_SUMMARIES[cfg.policy])
     item.state.finalized[layer] = upto

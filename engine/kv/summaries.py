@@ -46,11 +46,12 @@ class SequenceSummaries:
             return self.fields[layer][name][:, :, first:last]
         return self.fields[layer][name][first:last]
 
-    def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor,
+    def summarize(self, layer: int, keys: torch.Tensor, first_position: int, received: torch.Tensor | None,
                   rotary: RotaryEmbedding, repr_topk: int, repr_count: int, per_head: bool = False,
                   names: tuple[str, ...] = ("repr", "repr_unit", "kmin", "kmax")):
         """Append the summaries `names` of the next blocks of `layer`: their cached (post-RoPE) keys
-        [nb, bs, Hkv, D], the attention their tokens received [nb, bs, Hkv], their first token's position.
+        [nb, bs, Hkv, D], the attention their tokens received [nb, bs, Hkv] (None: not recorded, where each run's
+        keys are all averaged), their first token's position.
         `per_head`: the unit representatives are normalised per KV head (ActQKV's per-head selection)."""
         values = {}
         if {"repr", "repr_unit"} & set(names):
@@ -58,8 +59,11 @@ class SequenceSummaries:
             run = bs // repr_count
             pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
             pre = pre.view(nb, repr_count, run, kv_heads, dim)
-            top = received.view(nb, repr_count, run, kv_heads).topk(min(repr_topk, run), dim=2).indices  # [nb,R,r,Hkv]
-            reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)                     # [nb,R,Hkv,D]
+            if received is None or repr_topk >= run:   # every key of a run is averaged
+                reprs = pre.mean(2)                                                                       # [nb,R,Hkv,D]
+            else:
+                top = received.view(nb, repr_count, run, kv_heads).topk(repr_topk, dim=2).indices        # [nb,R,r,Hkv]
+                reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)
             values["repr"], values["repr_unit"] = reprs, unit_representatives(reprs, per_head)
         if {"kmin", "kmax"} & set(names):
             values["kmin"], values["kmax"] = keys.float().amin(1), keys.float().amax(1)

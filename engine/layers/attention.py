@@ -13,6 +13,7 @@ from engine.kv.retrieval_attention import RetrievalContext, RetrievalSlice, retr
 from engine.layers.attention_pieces import flash_piece, merge_pieces
 from engine.layers.bounded_dense import bounded_causal_attention
 from engine.layers.context_runs import ContextRuns, context_pieces
+from engine.layers.fused_linear import fuse_linears
 from engine.layers.gather_buffers import GatherBuffers
 from engine.layers.rotary import apply_rotary
 
@@ -64,6 +65,13 @@ class Attention(torch.nn.Module):
         self.scale = head_dim ** -0.5
         self.layer_idx = 0  # set by the model; indexes per-layer retrieval state
         self.bounded: tuple[int, int, int] | None = None   # training: (local, block size, sink tokens), see below
+        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None   # see fuse_projections
+
+    def fuse_projections(self):
+        """Serve the cached path with one [q; k; v] projection (weight, bias): a decode step makes one call instead
+        of three. q/k/v_proj keep their weights as views of it (no extra memory) and still serve the dense path
+        (training, and the forward hooks that read q_proj's output). Made by the engine once the model is loaded."""
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata | None,
                 kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -72,10 +80,16 @@ class Attention(torch.nn.Module):
         if meta is None:
             return self._dense_causal(x, cos_sin)
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
+        if self.qkv is not None:   # q and k side by side: rotated by one call
+            qkv = F.linear(x, *self.qkv)
+            qk = apply_rotary(qkv[:, :(self.heads + self.kv_heads) * self.head_dim].view(n, -1, self.head_dim),
+                              cos_sin)
+            q, k = qk[:, :self.heads], qk[:, self.heads:]
+            v = qkv[:, (self.heads + self.kv_heads) * self.head_dim:].view(n, self.kv_heads, self.head_dim)
+        else:
+            q = apply_rotary(self.q_proj(x).view(n, self.heads, self.head_dim), cos_sin)
+            k = apply_rotary(self.k_proj(x).view(n, self.kv_heads, self.head_dim), cos_sin)
+            v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
         k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
         v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
         if meta.kv_tiers is not None:   # --kv-offload: written into the device cache, the pool is host memory

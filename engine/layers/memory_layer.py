@@ -71,6 +71,7 @@ class MemoryLayer(torch.nn.Module):
             self.__dict__["tables"] = tables
         self.row_offset = row_offset
         self._cached_version, self._cached = None, None   # see _derived
+        self._frozen: Derived | None = None   # see freeze
         self._rows_read = [0]   # a list: incrementing an int attribute would go through Module.__setattr__
         with torch.no_grad():
             for norm in (self.query_norm, self.key_norm):
@@ -139,6 +140,12 @@ class MemoryLayer(torch.nn.Module):
         self._cached_version, self._cached = version, Derived(keys.contiguous(), stacked, table_rows, offsets)
         return self._cached
 
+    @torch.no_grad()
+    def freeze(self):
+        """Inference with fixed weights (the engine): `_derived` computed once, not checked against the weights at
+        every call."""
+        self._frozen = self._derived()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training path (autograd through gathered rows). x [T, D] -> [T, D]."""
         cfg = self.cfg
@@ -156,7 +163,7 @@ class MemoryLayer(torch.nn.Module):
         cfg = self.cfg
         T, rows, C = x.shape[0], cfg.heads * cfg.topk, cfg.num_cores
         split = cfg.heads * 2 * cfg.key_dim
-        derived = self._derived()
+        derived = self._frozen or self._derived()
         projected = F.linear(x, derived.stacked)                                 # [T, H·2·k + p]: queries, pre-gate
         idx, scores = self._select(projected[:, :split], derived.keys, derived.table_rows)
         tables = self.tables

@@ -67,5 +67,11 @@ class LlamaForCausalLM(torch.nn.Module):
         hidden = self.model(input_ids, positions, None, [None] * len(self.model.layers))
         return self.lm_head(hidden)
 
+    def prepare_for_inference(self):
+        """For the engine, once loaded: each layer's q/k/v projections as one product, and its MLP's gate/up."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -48,5 +48,10 @@ class MemoryLlamaForCausalLM(LlamaForCausalLM):
         self.model.layers = torch.nn.ModuleList(layers)
         self.model.number_layers()
 
+    def prepare_for_inference(self):
+        super().prepare_for_inference()
+        for memory in self.memory_layers():
+            memory.freeze()
+
     def memory_layers(self) -> list[MemoryLayer]:
         return [layer.memory for layer in self.model.layers if layer.memory is not None]
