@@ -40,6 +40,18 @@ def test_unrotate_returns_cached_vectors_to_position_zero(rope_scaling):
 
 
 @SCALINGS
+def test_unrotation_matrix_moves_vectors_back_like_unrotate_range(rope_scaling):
+    from engine.layers.rotary import unrotate_range, unrotation_matrix
+    rotary = RotaryEmbedding(_config(rope_scaling), 256)
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 16)
+    for position in (0, 1, 37, 1500):
+        matrix = unrotation_matrix(position, rotary, x.device, x.dtype)
+        assert (x @ matrix - unrotate_range(x, position, rotary)).abs().max() < 1e-6
+    assert (x @ unrotation_matrix(37, rotary, x.device, x.dtype) - x).abs().max() > 0.1
+
+
+@SCALINGS
 def test_unrotate_blocks_equals_unrotate_of_their_positions(rope_scaling):
     from engine.layers.rotary import unrotate, unrotate_blocks
     rotary = RotaryEmbedding(_config(rope_scaling), 100)   # not a multiple of the block size; it grows too

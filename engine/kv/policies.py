@@ -84,5 +84,5 @@ def choose_blocks(scores: torch.Tensor, config: KVConfig, state: SequenceKVState
         k = actqkv.allocate_blocks(state.density, layer, mean_k, host)
     else:
         k = actqkv.top_p_blocks(flat, config.tau, config.top_p, mean_k)
-    state.density[layer] = 0.9 * state.density[layer] + 0.1 * density
+    state.density[layer].lerp_(density, 0.1)   # 0.9 · itself + 0.1 · density, in one op
     return scores.topk(min(2 * mean_k, n), dim=0).indices, min(k, n) if isinstance(k, int) else k.clamp(max=n)

@@ -27,7 +27,7 @@ from engine.kv.summaries import POLICY_SUMMARIES
 from engine.kv.tile_cache import TileCache
 from engine.kv.tiers import DeviceBlockCache
 from engine.layers.attention_pieces import EXP_FLOOR, flash_piece, merge_pieces
-from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, unrotate_range
+from engine.layers.rotary import RotaryEmbedding, rotate_by, unrotate_blocks, unrotate_range, unrotation_matrix
 
 
 TILE_CACHE = True          # CPU: read the sinks and retrieved blocks through a TileCache (tests compare without)
@@ -52,6 +52,7 @@ class RetrievalSlice:
     state: SequenceKVState
     prefilling: bool = False      # the step's tokens are (part of) the prompt
     block_table: list[int] | None = None   # block_ids on the host (KV tiers); None: read from block_ids
+    unrotation: torch.Tensor | None = None   # decode: moves the query to the retrieved keys' angle (first layer's)
 
     def host_table(self) -> list[int]:
         """The block table on the host (read from the device if the runner did not give it)."""
@@ -82,7 +83,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
     sink_end = min(cfg.sink_tokens(bs), item.slots.shape[0])
     mean_k = cfg.blocks_per_layer(bs)
     tiles = None if tier is not None else _tiles(item, layer, k_flat, bs)
-    out = torch.empty_like(q)
+    outputs = []
     for a in range(item.ctx_start, item.ctx_start + item.q_len, cfg.window):
         b = min(a + cfg.window, item.ctx_start + item.q_len)
         rows = slice(a - item.ctx_start, b - item.ctx_start)
@@ -96,7 +97,7 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
         q_global, retrieved = None, []
         if local_start > sink_end:
             first, last = sink_end // bs, local_start // bs
-            q_global = _one_angle(qw, positions, a, b, cfg.local, ctx.rotary)
+            q_global = _one_angle(qw, positions, a, b, cfg.local, ctx.rotary, item)
             decoding = item.q_len == 1 and not item.prefilling
             kept = item.state.reusable_selection(layer, last, decoding)
             if kept is None:
@@ -121,14 +122,14 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             picked = picked if block_keep is None else picked[block_keep[..., sink_end // bs:]]
             chosen_blocks = set(picked.flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
-        out[rows] = _attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
+        outputs.append(_attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
                             local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
                             positions_mode=cfg.positions, record_received=record,
-                            ready=ready, tiles=tiles, block_ids=item.block_ids)
+                            ready=ready, tiles=tiles, block_ids=item.block_ids))
         attended_global = (global_blocks.shape[-1] * bs if block_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]
-    return out
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def _select(qw, q_global, item, layer, ctx, first: int, last: int, mean_k: int):
@@ -219,8 +220,12 @@ def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext,
     return load
 
 
-def _one_angle(q, positions, a: int, b: int, distance: int, rotary) -> torch.Tensor:
+def _one_angle(q, positions, a: int, b: int, distance: int, rotary, item: RetrievalSlice) -> torch.Tensor:
     """Queries at `positions` (= a..b-1) moved to position `distance` (pre-RoPE keys then sit `distance` behind)."""
+    if a >= distance and item.q_len == 1:   # decode: by the slice's matrix, made once for all layers
+        if item.unrotation is None:
+            item.unrotation = unrotation_matrix(a - distance, rotary, q.device, q.dtype)
+        return q @ item.unrotation
     if a >= distance:   # the usual case: every query moves back, by a consecutive range of offsets
         return unrotate_range(q, a - distance, rotary)
     return rotate_by(q, distance - positions, rotary, max(abs(distance - a), abs(distance - b)) + 1)
@@ -277,7 +282,7 @@ def _attend(qw, q_global, a: int, positions, global_blocks, global_slots, global
         elif moved:
             keys_global, q_for_global = _compress(keys_global, qw, global_keep, local_start, ctx)
         pieces.append(flash_piece(q_for_global, keys_global, values_global, scale, mask=global_keep)[:2])
-    out, lse = merge_pieces(pieces)
+    out, lse = merge_pieces(pieces, with_lse=record_received)
     if record_received:
         _record_received(q_heads, keys_local, local_start, positions, lse, pool_local_slots, layer, ctx, scale,
                          local_scores)

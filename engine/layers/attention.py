@@ -119,7 +119,7 @@ class Attention(torch.nn.Module):
         for row, context in meta.decode_in_place:
             q_heads = q[row][None, :, None]
             pieces = context_pieces(q_heads, k_flat, v_flat, context, meta.gather_buffers, self.scale)
-            out[row] = merge_pieces(pieces)[0][0, :, 0].to(q.dtype)
+            out[row] = merge_pieces(pieces, with_lse=False)[0][0, :, 0].to(q.dtype)
         return self.o_proj(out.view(n, -1))
 
     def _dense_causal(self, x: torch.Tensor, cos_sin) -> torch.Tensor:
@@ -158,7 +158,7 @@ class Attention(torch.nn.Module):
         (causal), merged in fp32: no [T, context + T] mask is built."""
         q_heads = q.transpose(0, 1)[None]
         own, own_lse, _ = flash_piece(q_heads, k.transpose(0, 1), v.transpose(0, 1), self.scale, causal=True)
-        out, _ = merge_pieces([(own.float(), own_lse.float()), *context])
+        out, _ = merge_pieces([(own.float(), own_lse.float()), *context], with_lse=False)
         return out[0].transpose(0, 1).to(q.dtype)
 
     def _attend(self, q, k, v, mask):

@@ -41,15 +41,16 @@ def flash_piece(q, keys, values, scale: float, causal: bool = False, mask: torch
     return out.reshape(1, heads, w, dim), lse.reshape(1, heads, w), scores if keep_scores else None
 
 
-def merge_pieces(pieces):
+def merge_pieces(pieces, with_lse: bool = True):
     """Attention over disjoint key sets, as (output [1, H, w, D], log-sum-exp [1, H, w]) pairs -> the attention over
     their union, folded in one piece at a time: a piece's share of the mass so far is sigmoid(its lse − the lse so
-    far)."""
+    far). The union's log-sum-exp too, or None without `with_lse`."""
     out, lse = pieces[0]
-    for piece, piece_lse in pieces[1:]:
+    for i, (piece, piece_lse) in enumerate(pieces[1:], start=2):
         out = torch.lerp(out, piece, torch.sigmoid(piece_lse - lse)[..., None])
-        lse = torch.logaddexp(lse, piece_lse)
-    return out, lse
+        if with_lse or i < len(pieces):
+            lse = torch.logaddexp(lse, piece_lse)
+    return out, lse if with_lse else None
 
 
 def softmax_with_lse(scores: torch.Tensor, hidden: torch.Tensor | None = None):

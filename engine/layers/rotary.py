@@ -182,6 +182,17 @@ def unrotate_range(x: torch.Tensor, first: int, rotary: RotaryEmbedding) -> torc
     return _rotate_leading(x, *_unscaled(rotary, rotary.range(first, first + x.shape[0], x.device)), inverse=True)
 
 
+def unrotation_matrix(position: int, rotary: RotaryEmbedding, device: torch.device, dtype: torch.dtype
+                      ) -> torch.Tensor:
+    """M [head_dim, head_dim] with x @ M = unrotate_range(x, position) for vectors x [..., head_dim] at `position`:
+    moves a decode step's query back by one product in each layer instead of the half-by-half updates."""
+    cos, sin = (t[0].to(dtype) for t in _unscaled(rotary, rotary.range(position, position + 1, device)))
+    half = cos.shape[0]
+    eye = torch.eye(2 * half, dtype=dtype, device=device)
+    # (x @ M)_j = x_j cos_j + x_(j+half mod head_dim) s_j, with s = [sin, −sin]: the rotate-half rotation backwards
+    return eye * torch.cat([cos, cos]) + eye.roll(half, dims=0) * torch.cat([sin, -sin])
+
+
 def _rotate_leading(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """apply_rotary with angles [*lead, head_dim / 2] whose leading shape is a prefix of x's."""
     shape = cos.shape[:-1] + (1,) * (x.dim() - cos.dim()) + cos.shape[-1:]
