@@ -34,11 +34,18 @@ def test_pieces_merge_to_attention_over_their_union(masked):
     keep = torch.rand(kv_heads, 40) < 0.5 if masked else None
     keep_all = torch.cat([keep, torch.ones(kv_heads, 30, dtype=torch.bool)], 1) if masked else None
     pieces = [flash_piece(q, keys[:, :40], values[:, :40], 0.25, mask=keep)[:2],
-              flash_piece(q, keys[:, 40:], values[:, 40:], 0.25)[:2]]
-    out, _ = merge_pieces(pieces)
+              flash_piece(q, keys[:, 40:55], values[:, 40:55], 0.25)[:2],
+              flash_piece(q, keys[:, 55:], values[:, 55:], 0.25)[:2]]
+    out, lse = merge_pieces(pieces)
     bias = None if keep_all is None else keep_all.repeat_interleave(heads // kv_heads, 0)[None, :, None, :]
     ref = F.scaled_dot_product_attention(q, keys[None], values[None], attn_mask=bias, scale=0.25, enable_gqa=True)
     assert (out - ref).abs().max() < 1e-5
+    scores = q @ keys.repeat_interleave(heads // kv_heads, 0)[None].transpose(-1, -2) * 0.25
+    if bias is not None:
+        scores = scores.masked_fill(~bias, float("-inf"))
+    assert (lse - scores.logsumexp(-1)).abs().max() < 1e-5
+    out_only, no_lse = merge_pieces(pieces, with_lse=False)
+    assert no_lse is None and torch.equal(out_only, out)
 
 
 @pytest.mark.parametrize("context", [ContextRuns([(0, 45)], None), ContextRuns([(20, 25)], torch.arange(20))],

@@ -123,9 +123,9 @@ def retrieval_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Ten
             chosen_blocks = set(picked.flatten().tolist()) if local_start > sink_end else set()
             item.state.last_attended[layer] = (chosen_blocks, sink_end if local_start > sink_end else b, local_start)
         outputs.append(_attend(qw, q_global, a, positions, global_blocks, read_global, global_keep, read_local,
-                            local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
-                            positions_mode=cfg.positions, record_received=record,
-                            ready=ready, tiles=tiles, block_ids=item.block_ids))
+                               local_slots, local_start, k_flat, v_flat, layer, ctx, scale,
+                               positions_mode=cfg.positions, record_received=record,
+                               ready=ready, tiles=tiles, block_ids=item.block_ids))
         attended_global = (global_blocks.shape[-1] * bs if block_keep is None
                            else sink_end + item.state.blocks_selected[layer] * bs)
         item.state.tokens_attended[layer] = attended_global + local_slots.shape[0]

@@ -46,9 +46,9 @@ def merge_pieces(pieces, with_lse: bool = True):
     their union, folded in one piece at a time: a piece's share of the mass so far is sigmoid(its lse − the lse so
     far). The union's log-sum-exp too, or None without `with_lse`."""
     out, lse = pieces[0]
-    for i, (piece, piece_lse) in enumerate(pieces[1:], start=2):
+    for merged, (piece, piece_lse) in enumerate(pieces[1:], start=2):   # pieces merged once this one is
         out = torch.lerp(out, piece, torch.sigmoid(piece_lse - lse)[..., None])
-        if with_lse or i < len(pieces):
+        if with_lse or merged < len(pieces):
             lse = torch.logaddexp(lse, piece_lse)
     return out, lse if with_lse else None
 
