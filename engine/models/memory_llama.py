@@ -49,6 +49,7 @@ class MemoryLlamaForCausalLM(LlamaForCausalLM):
         self.model.number_layers()
 
     def prepare_for_inference(self):
+        """The Llama fusions, and each memory layer's derived tensors computed once (`MemoryLayer.freeze`)."""
         super().prepare_for_inference()
         for memory in self.memory_layers():
             memory.freeze()
