@@ -222,12 +222,12 @@ def _tile_loader(k_flat, v_flat, block_ids: torch.Tensor, ctx: RetrievalContext,
 
 def _one_angle(q, positions, a: int, b: int, distance: int, rotary, item: RetrievalSlice) -> torch.Tensor:
     """Queries at `positions` (= a..b-1) moved to position `distance` (pre-RoPE keys then sit `distance` behind)."""
-    if a >= distance and item.q_len == 1:   # decode: by the slice's matrix, made once for all layers
-        if item.unrotation is None:
+    if a >= distance:   # the usual case: every query moves back, by a consecutive range of offsets
+        if item.q_len > 1:
+            return unrotate_range(q, a - distance, rotary)
+        if item.unrotation is None:   # decode: by the slice's matrix, made once for all layers
             item.unrotation = unrotation_matrix(a - distance, rotary, q.device, q.dtype)
         return q @ item.unrotation
-    if a >= distance:   # the usual case: every query moves back, by a consecutive range of offsets
-        return unrotate_range(q, a - distance, rotary)
     return rotate_by(q, distance - positions, rotary, max(abs(distance - a), abs(distance - b)) + 1)
 
 

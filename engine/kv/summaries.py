@@ -59,10 +59,11 @@ class SequenceSummaries:
             run = bs // repr_count
             pre = unrotate_range(keys.flatten(0, 1).float(), first_position, rotary)
             pre = pre.view(nb, repr_count, run, kv_heads, dim)
-            if received is None or repr_topk >= run:   # every key of a run is averaged
+            if received is None:   # every key of a run is averaged (KVConfig.needs_received)
                 reprs = pre.mean(2)                                                                       # [nb,R,Hkv,D]
             else:
-                top = received.view(nb, repr_count, run, kv_heads).topk(repr_topk, dim=2).indices        # [nb,R,r,Hkv]
+                attended = received.view(nb, repr_count, run, kv_heads)
+                top = attended.topk(min(repr_topk, run), dim=2).indices                                  # [nb,R,r,Hkv]
                 reprs = pre.gather(2, top[..., None].expand(-1, -1, -1, -1, dim)).mean(2)
             values["repr"], values["repr_unit"] = reprs, unit_representatives(reprs, per_head)
         if {"kmin", "kmax"} & set(names):

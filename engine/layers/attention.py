@@ -80,16 +80,13 @@ class Attention(torch.nn.Module):
         if meta is None:
             return self._dense_causal(x, cos_sin)
         n = x.shape[0]
-        if self.qkv is not None:   # q and k side by side: rotated by one call
-            qkv = F.linear(x, *self.qkv)
-            qk = apply_rotary(qkv[:, :(self.heads + self.kv_heads) * self.head_dim].view(n, -1, self.head_dim),
-                              cos_sin)
-            q, k = qk[:, :self.heads], qk[:, self.heads:]
-            v = qkv[:, (self.heads + self.kv_heads) * self.head_dim:].view(n, self.kv_heads, self.head_dim)
-        else:
-            q = apply_rotary(self.q_proj(x).view(n, self.heads, self.head_dim), cos_sin)
-            k = apply_rotary(self.k_proj(x).view(n, self.kv_heads, self.head_dim), cos_sin)
-            v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        if self.qkv is None:   # the engine fuses them once the model is loaded
+            self.fuse_projections()
+        qkv = F.linear(x, *self.qkv)
+        qk_width = (self.heads + self.kv_heads) * self.head_dim
+        qk = apply_rotary(qkv[:, :qk_width].view(n, -1, self.head_dim), cos_sin)   # q and k rotated by one call
+        q, k = qk[:, :self.heads], qk[:, self.heads:]
+        v = qkv[:, qk_width:].view(n, self.kv_heads, self.head_dim)
         k_flat = kv_cache[0].view(-1, self.kv_heads, self.head_dim)
         v_flat = kv_cache[1].view(-1, self.kv_heads, self.head_dim)
         if meta.kv_tiers is not None:   # --kv-offload: written into the device cache, the pool is host memory
